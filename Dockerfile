@@ -1,0 +1,24 @@
+# CZB Studio on a GPU server: CUDA runtime base, Python 3.11, the same pins as requirements.txt.
+# On the GPU host, `torch==2.13.0` resolves to the CUDA build from PyPI (its CUDA libraries come as wheels).
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 CZB_HOME=/data/czb PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends software-properties-common make \
+ && add-apt-repository -y ppa:deadsnakes/ppa \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.txt pyproject.toml ./
+RUN python3.11 -m venv /app/.venv \
+ && /app/.venv/bin/pip install pip==25.3 \
+ && /app/.venv/bin/pip install -r requirements.txt
+COPY . .
+RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && touch /app/.venv/.installed \
+ && /app/.venv/bin/czb demo --out data/demo.h5ad
+
+VOLUME /data
+EXPOSE 8501
+HEALTHCHECK CMD python3.11 -c "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health')"
+CMD ["/app/.venv/bin/streamlit", "run", "app.py", "--server.port", "8501", "--server.address", "0.0.0.0"]

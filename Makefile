@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` (the app on the bundled demo) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8501
+DEMO := data/demo.h5ad
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test venv browser demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q pip==25.3
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+$(DEMO): | venv
+	$(BIN)/czb demo --out $(DEMO)
+
+demo: $(DEMO)
+
+run: venv $(DEMO)
+	CZB_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.port $(PORT)
+
+# Debian's Chromium for the end-to-end tests (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+test: venv browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f; done
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,68 @@
+"""Where things live and how to reach them, read from the environment once per call.
+
+Every path the project writes derives from `CZB_HOME` (default `~/.czb`) unless overridden, so a lab
+admin can point the workspace at a big disk and the weights cache at a shared one. Nothing is
+hard-coded to `/weights` or `/app` as cz-benchmarks did.
+
+| variable | meaning | default |
+|---|---|---|
+| CZB_HOME | root of workspace and caches | ~/.czb |
+| CZB_WEIGHTS_DIR | weights cache | $CZB_HOME/weights |
+| CZB_WORKSPACE | datasets, jobs database, artifacts | $CZB_HOME/workspace |
+| CZB_S3_ENDPOINT_URL | S3 endpoint (MinIO, a mirror, a test server) | AWS |
+| CZB_S3_SIGNED | 1 = use boto3's credential chain instead of anonymous access | 0 |
+| CZB_DATA_ROOTS | server directories users may open by path, separated by ':' | (none) |
+| CZB_MAX_UPLOAD_MB | upload size cap shown and enforced by the app | 2048 |
+| CZB_USER | owner recorded on datasets and jobs when no login is set up | local |
+| CZB_METRICS_MAX_CELLS | above this many cells metrics use a seeded stratified subsample | 50000 |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    weights_dir: Path
+    workspace: Path
+    s3_endpoint_url: Optional[str]
+    s3_signed: bool
+    data_roots: tuple[Path, ...] = field(default_factory=tuple)
+    max_upload_mb: int = 2048
+    user: str = "local"
+    metrics_max_cells: int = 50_000
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = _env_path("CZB_HOME", Path.home() / ".czb")
+        roots = tuple(
+            Path(p).expanduser().resolve()
+            for p in os.environ.get("CZB_DATA_ROOTS", "").split(os.pathsep)
+            if p.strip()
+        )
+        return cls(
+            home=home,
+            weights_dir=_env_path("CZB_WEIGHTS_DIR", home / "weights"),
+            workspace=_env_path("CZB_WORKSPACE", home / "workspace"),
+            s3_endpoint_url=os.environ.get("CZB_S3_ENDPOINT_URL") or None,
+            s3_signed=os.environ.get("CZB_S3_SIGNED", "0") == "1",
+            data_roots=roots,
+            max_upload_mb=int(os.environ.get("CZB_MAX_UPLOAD_MB", "2048")),
+            user=os.environ.get("CZB_USER", "local"),
+            metrics_max_cells=int(os.environ.get("CZB_METRICS_MAX_CELLS", "50000")),
+        )
+
+
+def get_settings() -> Settings:
+    """Settings as the environment says now (cheap; tests change the environment per test)."""
+    return Settings.from_env()

@@ -1,0 +1,36 @@
+"""Error types that carry a message meant for the scientist, not a traceback.
+
+`InputError` means the input itself is unusable (not an h5ad, empty, unreadable): the CLI exits 2.
+`DatasetValidationError` is the `ValueError` a validator raises listing every blocking problem: exit 1.
+`WeightsError` means the model's weights could not be had. `Cancelled` stops a job between batches.
+"""
+
+from __future__ import annotations
+
+
+class CzbError(Exception):
+    """Base of every error whose message is written for a user."""
+
+
+class InputError(CzbError, ValueError):
+    """The dataset cannot be read or holds nothing to work on."""
+
+
+class DatasetValidationError(CzbError, ValueError):
+    """A dataset fails a model's blocking checks; `report` holds every problem."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class WeightsError(CzbError):
+    """Weights are missing, denied, unreachable, or do not match their recorded checksum."""
+
+
+class ConfigError(CzbError):
+    """A model, variant or setting that does not exist or is malformed."""
+
+
+class Cancelled(CzbError):
+    """Raised between batches when a run's cancel token is set."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated CZB_HOME per test and small generated datasets in several shapes."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from czb_core.synthetic import make_synthetic_counts
+
+pytest_plugins = ["tests.s3_server"]
+
+
+@pytest.fixture(autouse=True)
+def czb_home(tmp_path, monkeypatch):
+    """Every test gets its own workspace and weights cache; nothing touches ~/.czb."""
+    home = tmp_path / "czb_home"
+    monkeypatch.setenv("CZB_HOME", str(home))
+    for var in ("CZB_WEIGHTS_DIR", "CZB_WORKSPACE", "CZB_S3_ENDPOINT_URL", "CZB_DATA_ROOTS", "CZB_USER"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def small_adata() -> ad.AnnData:
+    """400 cells x 300 human genes, four cell types, two batches, integer counts in CSR."""
+    return make_synthetic_counts(n_cells=400, n_genes=300, n_types=4, n_batches=2, mean_counts=800, seed=1)
+
+
+@pytest.fixture
+def write_h5ad(tmp_path):
+    """Write an AnnData to a fresh file and return its path."""
+    counter = iter(range(10_000))
+
+    def _write(adata: ad.AnnData, name: str | None = None):
+        path = tmp_path / (name or f"data{next(counter)}.h5ad")
+        adata.write_h5ad(path)
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def small_h5ad(small_adata, write_h5ad):
+    return write_h5ad(small_adata, "small.h5ad")
+
+
+def log_normalised(adata: ad.AnnData) -> ad.AnnData:
+    """A copy whose X is log1p of CP10k: what many public files hold instead of counts."""
+    out = adata.copy()
+    x = out.X.astype(np.float32)
+    x = sp.diags(1e4 / np.asarray(x.sum(axis=1)).ravel()) @ x
+    x.data = np.log1p(x.data)
+    out.X = sp.csr_matrix(x)
+    return out
