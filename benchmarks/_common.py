@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark scripts: a cached generated dataset and child-process measurement.
 
-Each measured step runs in its own Python process and is reaped with `os.wait4`, whose resource usage
-is that child's alone, so each peak RSS belongs to its step and not to what the script did before.
+Each measured step runs in its own Python process, which reports its own peak RSS (`VmHWM`; Linux
+carries `ru_maxrss` over from the parent across exec, so the rusage of a child would include whatever the
+benchmark script held when it started the child). Data are generated in a child process too.
 """
 
 from __future__ import annotations
@@ -22,33 +23,44 @@ def generated_h5ad(n_cells: int, n_genes: int, mean_counts: float = 1500.0) -> P
     """A synthetic counts file, generated once and reused (generation is not what is measured)."""
     path = DATA_DIR / f"synthetic_{n_cells}x{n_genes}.h5ad"
     if not path.exists():
-        from czb_core.synthetic import make_synthetic_counts
-
         DATA_DIR.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        adata = make_synthetic_counts(n_cells=n_cells, n_genes=n_genes, n_types=10, n_batches=4,
-                                      mean_counts=mean_counts, seed=0)
         tmp = path.with_suffix(".tmp.h5ad")
-        adata.write_h5ad(tmp)
+        made = measure(GENERATE.format(n_cells=n_cells, n_genes=n_genes, mean_counts=mean_counts, tmp=str(tmp)))
         tmp.rename(path)
-        print(f"generated {path.name} in {time.perf_counter() - t0:.0f} s "
-              f"({adata.X.nnz / n_cells:.0f} non-zero genes per cell, {path.stat().st_size / 2**30:.2f} GiB)")
+        print(f"generated {path.name} in {made['process_wall_s']:.0f} s ({made['nnz_per_cell']:.0f} non-zero "
+              f"genes per cell, {path.stat().st_size / 2**30:.2f} GiB)")
     return path
+
+
+GENERATE = """
+import json
+from czb_core.synthetic import make_synthetic_counts
+a = make_synthetic_counts(n_cells={n_cells}, n_genes={n_genes}, n_types=10, n_batches=4, mean_counts={mean_counts}, seed=0)
+a.write_h5ad({tmp!r})
+print(json.dumps({{"nnz_per_cell": a.X.nnz / a.n_obs}}))
+"""
+PEAK = """
+import json as _json
+with open("/proc/self/status") as _f:
+    _kb = next(int(line.split()[1]) for line in _f if line.startswith("VmHWM"))
+print(_json.dumps({"vmhwm_mb": round(_kb / 1024, 1)}))
+"""
 
 
 def measure(code: str) -> dict:
     """Run `code` in a fresh interpreter; it prints one JSON line. Adds wall time and peak RSS (MB)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
+        child = subprocess.Popen([sys.executable, "-c", code + PEAK], stdout=out, stderr=err, cwd=ROOT)
+        child.wait()
         wall = time.perf_counter() - t0
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if child.returncode not in (0, 1):
         raise RuntimeError(stderr[-2000:])
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {}
-    result.update(process_wall_s=round(wall, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
+    result = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            result.update(json.loads(line))
+    result.update(process_wall_s=round(wall, 2), peak_rss_mb=result.pop("vmhwm_mb"))
     return result

@@ -19,7 +19,7 @@ VALIDATE_INPROCESS = """
 import json, time
 t0 = time.perf_counter()
 from czb_core.cli import main
-code = main(["validate", {path!r}, "--model", "pca", "--json"])
+code = main(["validate", {path!r}, "--model", "pca"])
 print(json.dumps({{"exit": code, "wall_s": round(time.perf_counter() - t0, 2)}}))
 """
 OURS = """

@@ -81,6 +81,7 @@ def run_model(
         emb_nd = np.asarray(dataset.get_output(implementation.model_type, DataType.EMBEDDING))
     progress("hash input", 0, 1)
     sha = input_sha256 or sha256_file(data_path)
+    progress("hash input", 1, 1)
     record = {
         "model": model,
         "model_type": implementation.model_type.value,

@@ -68,3 +68,14 @@ def test_fewer_genes_than_hvgs_uses_all_genes():
     small = make_synthetic_counts(n_cells=80, n_genes=40, n_types=2, seed=0)
     emb = pca_baseline(small.X, n_top_genes=3000, n_comps=50, seed=0)
     assert emb.shape == (80, 39)
+
+
+def test_hvg_selection_matches_scanpy(counts):
+    from model_runners.pca.model import seurat_hvg_mask
+
+    ref = counts.copy()
+    sc.pp.normalize_total(ref)
+    sc.pp.log1p(ref)
+    sc.pp.highly_variable_genes(ref, n_top_genes=200, flavor="seurat")
+    ours = seurat_hvg_mask(normalize_log1p(counts.X), 200, chunk_rows=97)  # several uneven chunks
+    np.testing.assert_array_equal(ours, ref.var["highly_variable"].to_numpy())

@@ -1,8 +1,9 @@
 """The PCA baseline: normalize_total -> log1p -> highly variable genes -> PCA, on sparse counts.
 
-Normalisation and log1p work on the CSR values in place (float32), so a 200,000-cell matrix is never
-densified; HVG selection is scanpy's Seurat flavour and PCA is scanpy's ARPACK solver with implicit
-centering, both of which accept sparse input.
+The matrix is never densified or copied whole: normalisation writes one float32 copy of the CSR values
+(sharing the index arrays), the Seurat-flavour HVG statistics are accumulated over row chunks (scanpy's
+own HVG copies the whole matrix to take expm1), only the HVG columns are sliced out, and PCA is scanpy's
+ARPACK solver with implicit centering. Results equal scanpy's pipeline (tests/test_pca.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.datasets import SingleCellDataset
@@ -20,20 +22,60 @@ from czb_core.types import DataType, ModelType
 from czb_core.validators import BaseSingleCellValidator
 
 
-def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None) -> sp.csr_matrix:
+def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None,
+                    chunk_rows: int = 20_000) -> sp.csr_matrix:
     """Scale each cell to `target_sum` counts (default: median total of non-empty cells), then log1p.
 
-    Matches `sc.pp.normalize_total` + `sc.pp.log1p`; empty cells stay zero.
+    Matches `sc.pp.normalize_total` + `sc.pp.log1p`; empty cells stay zero. Writes one float32 copy of
+    the values, scaled in row chunks so no per-value temporary of the whole matrix is made.
     """
     total_n = np.asarray(x_ng.sum(axis=1)).ravel()
     if target_sum is None:
         nonzero = total_n[total_n > 0]
         target_sum = float(np.median(nonzero)) if nonzero.size else 1.0
     scale_n = np.divide(target_sum, total_n, out=np.zeros_like(total_n, dtype=np.float64), where=total_n > 0)
+    scale_n = scale_n.astype(np.float32)
+    indptr = x_ng.indptr
     data = x_ng.data.astype(np.float32, copy=True)
-    data *= np.repeat(scale_n, np.diff(x_ng.indptr)).astype(np.float32)
+    for lo in range(0, x_ng.shape[0], chunk_rows):
+        hi = min(lo + chunk_rows, x_ng.shape[0])
+        data[indptr[lo] : indptr[hi]] *= np.repeat(scale_n[lo:hi], np.diff(indptr[lo : hi + 1]))
     np.log1p(data, out=data)
-    return sp.csr_matrix((data, x_ng.indices, x_ng.indptr), shape=x_ng.shape)
+    return sp.csr_matrix((data, x_ng.indices, indptr), shape=x_ng.shape)
+
+
+def seurat_hvg_mask(xlog_ng: sp.csr_matrix, n_top_genes: int, n_bins: int = 20,
+                    chunk_rows: int = 20_000) -> np.ndarray:
+    """Boolean mask of the `n_top_genes` most dispersed genes, as `sc.pp.highly_variable_genes(flavor="seurat")`.
+
+    Dispersion var/mean of expm1(log data), log-transformed, z-scored within 20 bins of log1p(mean);
+    a bin with a single gene gets z = 0 as in scanpy.
+    """
+    n_cells, n_genes = xlog_ng.shape
+    sum_g = np.zeros(n_genes)
+    sumsq_g = np.zeros(n_genes)
+    for lo in range(0, n_cells, chunk_rows):
+        block = xlog_ng[lo : lo + chunk_rows]
+        values = np.expm1(block.data, dtype=np.float64)
+        sum_g += np.bincount(block.indices, weights=values, minlength=n_genes)
+        sumsq_g += np.bincount(block.indices, weights=values * values, minlength=n_genes)
+    mean_g = sum_g / n_cells
+    var_g = (sumsq_g / n_cells - mean_g**2) * n_cells / (n_cells - 1)
+    mean_g[mean_g == 0] = 1e-12
+    dispersion_g = var_g / mean_g
+    dispersion_g[dispersion_g == 0] = np.nan
+    frame = pd.DataFrame({"dispersion": np.log(dispersion_g), "mean_bin": pd.cut(np.log1p(mean_g), bins=n_bins)})
+    grouped = frame.groupby("mean_bin", observed=False)["dispersion"]
+    bin_mean = grouped.transform("mean")
+    bin_std = grouped.transform(lambda d: d.std(ddof=1))
+    single = bin_std.isna() & frame["dispersion"].notna() & (grouped.transform("count") == 1)
+    bin_std[single], bin_mean[single] = bin_mean[single], 0.0
+    z_g = ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
+    z_g = np.where(np.isnan(z_g), -np.inf, z_g)
+    top = np.argsort(-z_g, kind="stable")[:n_top_genes]
+    mask = np.zeros(n_genes, dtype=bool)
+    mask[top] = True
+    return mask
 
 
 def pca_baseline(
@@ -49,13 +91,13 @@ def pca_baseline(
 
     cancel = cancel or CancelToken()
     progress("normalize", 0, 1)
-    adata = ad.AnnData(normalize_log1p(sp.csr_matrix(x_ng)))
+    xlog_ng = normalize_log1p(sp.csr_matrix(x_ng))
     progress("normalize", 1, 1)
     cancel.check()
     progress("highly variable genes", 0, 1)
-    if adata.n_vars > n_top_genes:
-        sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat")
-        adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+    if xlog_ng.shape[1] > n_top_genes:
+        xlog_ng = xlog_ng[:, seurat_hvg_mask(xlog_ng, n_top_genes)]
+    adata = ad.AnnData(xlog_ng)
     progress("highly variable genes", 1, 1)
     cancel.check()
     progress("pca", 0, 1)

@@ -1,0 +1,129 @@
+"""3. Run: pick a model and variant, set parameters, start a job, watch it, cancel or retry it.
+
+The job runs on the server's worker thread, not in this script: clicking around, refreshing or
+closing the tab does not stop it. The selected job is in the URL (`?job=<id>`).
+"""
+
+import pandas as pd
+import streamlit as st
+
+from czb_core.errors import CzbError
+from czb_core.registry import discover_models
+from pages.common import all_reports, current_user, job_manager, recall, remember, require_dataset
+
+st.title("Run")
+record = require_dataset()
+manager = job_manager()
+models = discover_models()
+organism_name = recall("organism")
+reports = all_reports(str(record.path), record.sha256, organism_name)
+
+left, right = st.columns([1, 1])
+with left:
+    model = st.selectbox("Model", list(models), format_func=lambda m: models[m].display_name)
+    config = models[model]
+    variant = st.selectbox("Variant", list(config.variants), index=list(config.variants).index(config.default_variant))
+    variant_config = config.variant(variant)
+with right:
+    card = config.card
+    st.markdown(f"**{config.display_name}** — {config.description}")
+    weights = variant_config.weights.get("model") or next(iter(variant_config.weights.values()), None)
+    if weights is None:
+        weights_line = "none needed"
+    else:
+        from czb_core.weights import WeightsCache
+
+        size = f"{variant_config.weights_size_mb:,.0f} MB, " if variant_config.weights_size_mb else ""
+        weights_line = f"{size}{'cached' if WeightsCache().is_cached(weights) else 'not cached'} (`{weights}`)"
+    st.markdown(
+        f"- Organisms: {', '.join(card.organisms)}\n- Input: {card.expected_input}\n"
+        f"- Embedding size: {card.embedding_dim}\n- Weights: {weights_line}\n- Licence: {card.licence}\n"
+        f"- Citation: {card.citation}"
+    )
+
+report = reports[f"{model} / {variant}"]
+implementation = config.load_implementation()(config, variant)
+defaults = implementation.parameters()
+with st.form("params"):
+    st.markdown("**Parameters**")
+    c1, c2, c3 = st.columns(3)
+    device = c1.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
+    seed = c2.number_input("Seed", value=int(defaults.get("seed") or 0), step=1)
+    batch_size = c3.number_input("Batch size (0 = model default)", value=int(defaults.get("batch_size") or 0),
+                                 min_value=0, step=1)
+    params = {"seed": int(seed), "batch_size": int(batch_size) or None}
+    if "precision" in defaults:
+        params["precision"] = st.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"])
+    for key, value in defaults.items():
+        if key in ("seed", "batch_size", "precision") or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        params[key] = st.number_input(key, value=value)
+    blocked = not report["ok"]
+    submitted = st.form_submit_button("Run", type="primary", disabled=blocked)
+if blocked:
+    st.error("A blocking check fails for this model; see 2. Validate for the fixes.")
+    st.page_link("pages/validate.py", label="Open 2. Validate", icon="✅")
+if submitted:
+    if device != "auto":
+        params["device"] = device
+    try:
+        job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
+                             params={k: v for k, v in params.items() if v is not None})
+    except CzbError as exc:
+        st.error(str(exc))
+        st.stop()
+    remember("job", job.id)
+    if job.status == "done":
+        st.success("This exact run already finished: showing the cached result (no recompute).")
+
+st.subheader("Jobs on this dataset")
+jobs = manager.list(dataset_sha256=record.sha256)
+if jobs:
+    st.dataframe(pd.DataFrame([{
+        "job": j.id, "model": j.model, "variant": j.variant, "status": j.status,
+        "queue position": manager.queue_position(j.id) if j.status == "queued" else None,
+        "step": j.step, "progress": f"{100 * j.progress_fraction:.0f}%", "created": j.created_at,
+    } for j in jobs]), hide_index=True, use_container_width=True)
+    ids = [j.id for j in jobs]
+    selected = recall("job")
+    chosen = st.selectbox("Follow job", ids, index=ids.index(selected) if selected in ids else 0)
+    remember("job", chosen)
+else:
+    st.caption("No jobs yet.")
+
+
+@st.fragment(run_every="1s")
+def job_panel(job_id: str) -> None:
+    job = manager.get(job_id)
+    if job is None:
+        st.warning(f"Job {job_id} no longer exists.")
+        return
+    st.markdown(f"**Job {job.id}** · {job.model} / {job.variant} · **{job.status}**")
+    if job.status == "queued":
+        st.info(f"Waiting: position {manager.queue_position(job.id)} in the {job.device} queue.")
+    if job.status in ("queued", "running"):
+        label = f"{job.step or 'starting'}"
+        if job.total:
+            label += f": {job.done:,.0f} / {job.total:,.0f}"
+        st.progress(min(1.0, job.progress_fraction), text=label)
+        if st.button("Cancel", key=f"cancel_{job.id}"):
+            manager.cancel(job.id)
+    for note in job.notes:
+        st.caption(f"Note: {note}")
+    if job.status == "done":
+        st.success("Done.")
+        st.page_link("pages/results.py", label="See the results", icon="📊")
+    elif job.status in ("failed", "cancelled", "interrupted"):
+        (st.error if job.status == "failed" else st.warning)(job.error or job.message or job.status)
+        if st.button("Run again", key=f"retry_{job.id}"):
+            remember("job", manager.retry(job.id).id)
+            st.rerun(scope="app")
+    if job.is_finished and st.session_state.get("_last_status") not in (None, job.status):
+        st.session_state["_last_status"] = job.status
+        st.rerun(scope="app")
+    st.session_state["_last_status"] = job.status
+
+
+job_id = recall("job")
+if job_id:
+    job_panel(job_id)

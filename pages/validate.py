@@ -1,0 +1,96 @@
+"""2. Validate: every model x every check, green / amber / red, each problem with its fix."""
+
+import pandas as pd
+import streamlit as st
+
+from czb_core.errors import CzbError
+from czb_core.fixes import make_batch_key, map_symbols_to_ids, use_var_column_as_gene_ids
+from czb_core.reading import read_anndata
+from czb_core.types import Organism
+from czb_core.validation import CHECKS
+from pages.common import (all_reports, current_user, dataset_header, recall, remember, require_dataset,
+                          workspace)
+
+STATUS_STYLE = {"ok": "background-color:#c8e6c9", "info": "background-color:#c8e6c9",
+                "warning": "background-color:#ffe0b2", "error": "background-color:#ffcdd2",
+                "not run": "color:#9e9e9e"}
+STATUS_TEXT = {"ok": "ok", "info": "ok", "warning": "warning", "error": "error", "not run": "—"}
+
+st.title("Validate")
+record = require_dataset()
+header = dataset_header(str(record.path), record.sha256)
+
+organism_names = ["detect from gene ids"] + [o.latin_name for o in Organism]
+chosen = recall("organism")
+organism_name = st.selectbox("Organism", organism_names,
+                             index=organism_names.index(chosen) if chosen in organism_names else 0)
+remember("organism", None if organism_name == organism_names[0] else organism_name)
+organism = None if organism_name == organism_names[0] else Organism.parse(organism_name)
+
+
+reports = all_reports(str(record.path), record.sha256, organism.latin_name if organism else None)
+matrix = pd.DataFrame(
+    {key: {check: rep["checks"].get(check, "not run") for check in CHECKS} for key, rep in reports.items()}
+).T
+matrix.insert(0, "verdict", ["blocked" if not rep["ok"] else "can run" for rep in reports.values()])
+st.subheader("Compatibility")
+st.dataframe(
+    matrix.style.map(lambda v: STATUS_STYLE.get(v, ""), subset=list(CHECKS))
+    .map(lambda v: STATUS_STYLE["error" if v == "blocked" else "ok"], subset=["verdict"]).format(
+        lambda v: STATUS_TEXT.get(v, v), subset=list(CHECKS)),
+    use_container_width=True,
+)
+
+for key, rep in reports.items():
+    problems = [p for p in rep["problems"] if p["severity"] != "info"]
+    label = f"{key}: " + ("can run" if rep["ok"] else f"{sum(p['severity'] == 'error' for p in problems)} blocking")
+    with st.expander(label, expanded=not rep["ok"]):
+        for fact, value in rep["facts"].items():
+            st.write(f"**{fact}:** {value}")
+        for p in rep["problems"]:
+            show = {"error": st.error, "warning": st.warning, "info": st.info}[p["severity"]]
+            show(f"**{p['check']}** · {p['message']}" + (f"\n\n**Fix:** {p['fix']}" if p["fix"] else ""))
+
+st.subheader("Fixes")
+st.caption("Each fix writes a new version of the dataset; the original file is never changed.")
+
+
+def new_version(adata, note: str) -> None:
+    version = workspace().add_anndata(adata, name=f"{record.name} ({note})", owner=current_user(),
+                                      parent_sha256=record.sha256, note=note)
+    remember("dataset", version.sha256)
+    st.rerun()
+
+
+with st.expander("Use a var column as the gene names"):
+    column = st.selectbox("var column", list(header.var.columns) or ["(none)"], key="fix_column")
+    if st.button("Create version", key="fix_column_go", disabled=header.var.empty):
+        try:
+            new_version(use_var_column_as_gene_ids(read_anndata(record.path), column), f"genes from var['{column}']")
+        except CzbError as exc:
+            st.error(str(exc))
+
+with st.expander("Map gene symbols to Ensembl ids (human)"):
+    source = st.selectbox("Symbols are in", ["var_names"] + list(header.var.columns), key="fix_symbols")
+    if st.button("Map and create version", key="fix_symbols_go"):
+        try:
+            adata, report = map_symbols_to_ids(read_anndata(record.path), None if source == "var_names" else source)
+            st.session_state["mapping_report"] = (report.summary(), report.to_csv())
+            new_version(adata, "symbols mapped to Ensembl ids")
+        except CzbError as exc:
+            st.error(str(exc))
+    if "mapping_report" in st.session_state:
+        summary, csv = st.session_state["mapping_report"]
+        st.write(summary)
+        st.download_button("Download the mapping report (CSV)", csv, "gene_mapping_report.csv", "text/csv")
+
+with st.expander("Build a batch key from obs columns"):
+    chosen_cols = st.multiselect("obs columns", list(header.obs.columns), key="fix_batch_cols")
+    key = st.text_input("New obs column", "batch", key="fix_batch_key")
+    if st.button("Create version", key="fix_batch_go", disabled=not chosen_cols):
+        try:
+            new_version(make_batch_key(read_anndata(record.path), chosen_cols, key), f"obs['{key}'] from {chosen_cols}")
+        except CzbError as exc:
+            st.error(str(exc))
+
+st.page_link("pages/run.py", label="Next: run a model", icon="▶️")
