@@ -91,6 +91,80 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _benchmark_baseline(args, adata) -> "np.ndarray":
+    """The PCA baseline of the file, or of the original input named in its run record (slim h5ad)."""
+    from czb_core.baseline import baseline_embedding
+
+    if adata.n_vars > 0:
+        return baseline_embedding(args.data, organism=_organism(args.organism))
+    source = (adata.uns.get("czb_run") or {}).get("input", {})
+    original = Path(str(source.get("path", "")))
+    if original.is_file():
+        return baseline_embedding(original, str(source.get("sha256") or "") or None, _organism(args.organism))
+    raise InputError(
+        f"{args.data} holds no expression matrix for the PCA baseline and its run record names no readable "
+        "original file; run on the original dataset, or pass --no-baseline"
+    )
+
+
+def cmd_benchmark(args) -> int:
+    import numpy as np
+
+    from czb_core.reading import read_anndata
+    from czb_core.tasks import results_table, run_tasks, run_with_baseline, to_czbenchmarks_json
+
+    adata = read_anndata(args.data) if Path(args.data).suffix == ".h5" else _read_any_h5ad(args.data)
+    if args.embedding not in adata.obsm:
+        raise InputError(f"obsm has no {args.embedding!r}; available: {', '.join(adata.obsm) or 'none'}")
+    emb_nd = np.asarray(adata.obsm[args.embedding])
+    record = adata.uns.get("czb_run") or {}
+    model = {"type": record.get("model_type", args.embedding), "variant": record.get("variant", ""),
+             "name_display": record.get("display_name", args.embedding)}
+    dataset = {"name": Path(args.data).name, "organism": record.get("organism", "")}
+    options = dict(label_key=args.label_key, batch_key=args.batch_key, split_key=args.split_key,
+                   train_value=args.train, test_value=args.test, tasks=args.tasks, seed=args.seed,
+                   max_cells=args.max_cells, model=model, dataset=dataset)
+    try:
+        if args.no_baseline:
+            model_results, baseline_results = run_tasks(emb_nd, adata.obs, **options), []
+            table = results_table(model_results, baseline_results)
+        else:
+            model_results, baseline_results, table = run_with_baseline(
+                emb_nd, _benchmark_baseline(args, adata), adata.obs, **options)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
+    document = {"model": to_czbenchmarks_json(model_results, cli_args),
+                "baseline": to_czbenchmarks_json(baseline_results, cli_args) if baseline_results else None,
+                "table": table.to_dict("records")}
+    if args.out:
+        Path(args.out).write_text(json.dumps(document, indent=2, default=str))
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        subsampled = [r for r in model_results if r.subsampled]
+        if subsampled:
+            r = subsampled[0]
+            print(f"metrics on a stratified subsample of {r.n_used:,} of {r.n_total:,} cells (seed {args.seed})")
+        with_baseline = table.drop(columns=[] if baseline_results else ["baseline", "delta", "better"])
+        print(with_baseline.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _read_any_h5ad(path: str):
+    """An h5ad, also a slim one without genes (our run outputs), which `read_anndata` would refuse."""
+    import anndata as ad
+
+    from czb_core.reading import check_readable
+
+    try:
+        return ad.read_h5ad(check_readable(path))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{Path(path).name}: cannot be read as AnnData ({exc})") from exc
+
+
 def cmd_demo(args) -> int:
     from czb_core.synthetic import write_demo
 
@@ -127,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
     p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("benchmark", help="score an embedding already in an h5ad, beside the PCA baseline")
+    p.add_argument("data", help=".h5ad holding the embedding (and counts, or a czb run record, for the baseline)")
+    p.add_argument("--embedding", required=True, metavar="OBSM_KEY", help="e.g. X_scvi")
+    p.add_argument("--label-key", required=True, metavar="COL")
+    p.add_argument("--batch-key", metavar="COL")
+    p.add_argument("--split-key", metavar="COL", help="cross-split label transfer: the column of the groups")
+    p.add_argument("--train", metavar="VALUE", help="the split value to train on")
+    p.add_argument("--test", metavar="VALUE", help="the split value to test on")
+    p.add_argument("--tasks", nargs="+", choices=("clustering", "embedding", "label_prediction",
+                                                  "batch_integration", "cross_split"))
+    p.add_argument("--organism")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-cells", type=int, help="subsample above this many cells (default CZB_METRICS_MAX_CELLS)")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the cz-benchmarks-style results JSON")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="write the synthetic demo dataset")
     p.add_argument("--out", default="data/demo.h5ad")

@@ -1,15 +1,18 @@
 """4. Results: UMAPs of finished runs side by side with one colour key, metrics, and downloads."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from czb_core import exports
 from czb_core.jobs import artifacts
+from czb_core.jobs.metrics import METRICS_JSON
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.umap import stratified_subsample
 from pages.common import dataset_header, job_manager, require_dataset
@@ -87,6 +90,66 @@ figure.update_yaxes(showticklabels=False)
 figure.update_layout(height=450 * n_rows, legend=dict(itemsizing="constant", title=colour_by),
                      coloraxis=dict(colorscale="Viridis", colorbar=dict(title=colour_by)), margin=dict(t=40))
 st.plotly_chart(figure, use_container_width=True)
+
+st.subheader("Metrics")
+
+
+@st.cache_data(max_entries=32)
+def load_metrics(artifact_dir: str) -> dict:
+    path = Path(artifact_dir) / METRICS_JSON
+    return json.loads(path.read_text()) if path.exists() else {"error": "no metrics were computed for this run"}
+
+
+def style_table(table: pd.DataFrame):
+    """Green where the model beats the baseline, on the model's cell; on the baseline's cell otherwise."""
+    def colour(row):
+        good = "background-color:#c8e6c9"
+        return ["", "", good if row["better"] == "model" else "", good if row["better"] == "baseline" else "",
+                "", ""]
+    return table.style.apply(colour, axis=1).format(precision=4, na_rep="—")
+
+
+metrics_by_run = {job_id: load_metrics(str(jobs[job_id].artifact_dir)) for job_id in chosen}
+tabs = st.tabs([labels[j] for j in chosen] + (["Comparison"] if len(chosen) > 1 else []))
+for tab, job_id in zip(tabs, chosen):
+    document = metrics_by_run[job_id]
+    with tab:
+        if "error" in document or "skipped" in document:
+            st.warning(f"Metrics: {document.get('error') or 'skipped ' + document['skipped']}")
+            continue
+        options = document["options"]
+        st.caption(" · ".join(f"{k}: {v}" for k, v in options.items()) +
+                   (f" · a stratified subsample of {document['n_used']:,} of {document['n_total']:,} cells"
+                    if document["n_used"] < document["n_total"] else ""))
+        table = pd.DataFrame(document["table"])
+        st.dataframe(style_table(table), hide_index=True, use_container_width=True)
+        confusion = document["extra"].get("cross_split", {}).get("confusion_matrices", {})
+        if confusion:
+            classifier = st.selectbox("Confusion matrix of", list(confusion), key=f"cm_{job_id}")
+            cm = confusion[classifier]
+            st.plotly_chart(px.imshow(np.array(cm["matrix"]), x=cm["classes"], y=cm["classes"], text_auto=True,
+                                      labels=dict(x="predicted", y="true", color="cells"),
+                                      title=f"{options.get('train')} -> {options.get('test')}, {classifier}"),
+                            use_container_width=True, key=f"cm_plot_{job_id}")
+        c1, c2 = st.columns(2)
+        c1.download_button("Metrics (CSV)", table.to_csv(index=False), f"metrics_{job_id}.csv", "text/csv",
+                           key=f"csv_{job_id}")
+        c2.download_button("Metrics (JSON)", json.dumps(document, indent=2), f"metrics_{job_id}.json",
+                           "application/json", key=f"json_{job_id}")
+if len(chosen) > 1:
+    with tabs[-1]:
+        rows = {}
+        for job_id in chosen:
+            document = metrics_by_run[job_id]
+            for row in document.get("table", []):
+                key = (row["task"], row["metric"])
+                rows.setdefault(key, {"PCA baseline": row["baseline"]})[labels[job_id]] = row["model"]
+        if rows:
+            comparison = pd.DataFrame.from_dict(rows, orient="index")
+            comparison.index = pd.MultiIndex.from_tuples(comparison.index, names=["task", "metric"])
+            st.caption("Higher is better for every metric; the best value of each row is highlighted.")
+            st.dataframe(comparison.style.highlight_max(axis=1, color="#c8e6c9").format(precision=4, na_rep="—"),
+                         use_container_width=True)
 
 st.subheader("Downloads")
 d1, d2, d3 = st.columns([2, 1, 1])

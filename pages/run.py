@@ -9,7 +9,8 @@ import streamlit as st
 
 from czb_core.errors import CzbError
 from czb_core.registry import discover_models
-from pages.common import all_reports, current_user, job_manager, recall, remember, require_dataset
+from czb_core.tasks import suggest_columns
+from pages.common import all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset
 
 st.title("Run")
 record = require_dataset()
@@ -41,6 +42,31 @@ with right:
         f"- Citation: {card.citation}"
     )
 
+header = dataset_header(str(record.path), record.sha256)
+roles = suggest_columns(header.obs)
+columns = list(header.obs.columns)
+with st.expander("Metrics: which obs columns hold labels, batches and splits", expanded=False):
+    st.caption("Every finished run is scored beside the PCA baseline of this dataset (cz-benchmarks tasks).")
+    m1, m2 = st.columns(2)
+    label_options = columns + ["(none: skip metrics)"]
+    label_key = m1.selectbox("Label column", label_options,
+                             index=columns.index(roles.label) if roles.label in columns else len(columns))
+    batch_options = ["(none)"] + columns
+    batch_key = m2.selectbox("Batch column", batch_options,
+                             index=batch_options.index(roles.batch) if roles.batch in columns else 0)
+    s1, s2, s3 = st.columns(3)
+    split_key = s1.selectbox("Cross-split column (optional)", ["(none)"] + columns)
+    split_values = [] if split_key == "(none)" else sorted(header.obs[split_key].dropna().astype(str).unique())
+    train = s2.selectbox("Train on", split_values, disabled=not split_values)
+    test = s3.selectbox("Test on", split_values, index=min(1, max(0, len(split_values) - 1)),
+                        disabled=not split_values)
+metrics_options = {"label_key": label_key if label_key in columns else None,
+                   "batch_key": batch_key if batch_key in columns else None}
+if label_key not in columns:
+    metrics_options = {"skip": True}
+elif split_values and train != test:
+    metrics_options.update(split_key=split_key, train=train, test=test)
+
 report = reports[f"{model} / {variant}"]
 implementation = config.load_implementation()(config, variant)
 defaults = implementation.parameters()
@@ -68,7 +94,7 @@ if submitted:
         params["device"] = device
     try:
         job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
-                             params={k: v for k, v in params.items() if v is not None})
+                             params={k: v for k, v in params.items() if v is not None}, metrics=metrics_options)
     except CzbError as exc:
         st.error(str(exc))
         st.stop()

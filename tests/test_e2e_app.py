@@ -1,5 +1,6 @@
 """The app in a real browser: upload, validate, run with progress, UMAP, download; refresh; bad upload."""
 
+import json
 import re
 from urllib.parse import parse_qs, urlparse
 
@@ -47,6 +48,11 @@ def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_ad
     page.get_by_role("link", name="See the results").click()
     page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for()
     wait_idle(page)
+    page.get_by_text("label_key: cell_type").first.wait_for()  # metrics computed with the suggested label
+    with page.expect_download() as metrics_download:
+        page.get_by_role("button", name="Metrics (JSON)").click()
+    metrics = json.loads(open(metrics_download.value.path()).read())
+    assert {row["task"] for row in metrics["table"]} >= {"clustering", "embedding", "label_prediction"}
     with page.expect_download() as download:
         page.get_by_role("button", name="Download h5ad").click()
     result = ad.read_h5ad(download.value.path())

@@ -82,6 +82,7 @@ def start(workspace, fast_umap):
     managers = []
 
     def _start(run_fn, **kwargs):
+        kwargs.setdefault("post_run_steps", [])  # fake runs: the metrics step is tested on a real one
         manager = JobManager(workspace, run_fn=run_fn, **kwargs)
         managers.append(manager)
         return manager
@@ -261,7 +262,7 @@ def test_pca_baseline_through_the_manager(workspace, dataset, small_adata):
     finally:
         manager.shutdown()
     assert job.status == "done", job.error
-    assert job.device == "cpu" and job.step == "umap" and job.progress_fraction == 1.0
+    assert job.device == "cpu" and job.step == "metrics" and job.progress_fraction == 1.0
     adata = ad.read_h5ad(job.artifact_dir / "embedding.h5ad")
     assert adata.obsm["X_pca"].shape == (small_adata.n_obs, 10)
     assert list(adata.obs_names) == list(small_adata.obs_names)
@@ -272,3 +273,22 @@ def test_pca_baseline_through_the_manager(workspace, dataset, small_adata):
     assert key == "X_pca" and emb_nd.shape == (small_adata.n_obs, 10) and "cell_type" in obs
     record = json.loads((job.artifact_dir / "record.json").read_text())
     assert record["job"]["id"] == job.id and record["params"]["n_comps"] == 10
+    metrics = json.loads((job.artifact_dir / "metrics.json").read_text())
+    assert metrics["options"] == {"label_key": "cell_type", "batch_key": "batch"}  # suggested columns
+    rows = {(r["task"], r["metric"]): r for r in metrics["table"]}
+    ari = rows[("clustering", "adjusted_rand_index")]
+    assert 0.5 < ari["model"] <= 1 and 0.5 < ari["baseline"] <= 1  # baseline: the default 50-PC PCA
+    assert ari["delta"] == pytest.approx(ari["model"] - ari["baseline"])
+    assert record["metrics"]["label_key"] == "cell_type"
+
+
+def test_metrics_problems_leave_the_job_done(workspace, dataset):
+    manager = JobManager(workspace)
+    try:
+        job = wait_for(manager, manager.submit(dataset.sha256, "pca", metrics={"label_key": "no_such_column"}).id,
+                       {"done", "failed", "cancelled"}, timeout=180)
+    finally:
+        manager.shutdown()
+    assert job.status == "done"
+    assert any("metrics not computed" in n and "no_such_column" in n for n in job.notes)
+    assert "no_such_column" in json.loads((job.artifact_dir / "metrics.json").read_text())["error"]

@@ -28,6 +28,7 @@ from czb_core.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, UMAP_NPY, is_co
 from czb_core.jobs.spec import JobSpec
 from czb_core.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RETRYABLE, Job, JobStore
 from czb_core.model import resolve_device
+from czb_core.jobs.metrics import MetricsStep
 from czb_core.progress import CancelToken, ProgressCallback
 from czb_core.registry import ModelConfig, get_model
 from czb_core.run import RunResult, run_model, write_run_h5ad
@@ -96,11 +97,15 @@ class StoreProgress:
 
 
 class JobManager:
-    def __init__(self, workspace: Optional[Workspace] = None, start_workers: bool = True, run_fn=run_model):
+    def __init__(self, workspace: Optional[Workspace] = None, start_workers: bool = True, run_fn=run_model,
+                 post_run_steps: Optional[list[PostRunStep]] = None):
         self.workspace = workspace or Workspace()
         self.store = JobStore(self.workspace.db_path)
         self.run_fn = run_fn
-        self.post_run_steps: list[PostRunStep] = []  # called after the UMAP: (job, result, artifact_dir, progress)
+        # called after the UMAP: (job, result, artifact_dir, progress); by default the metrics
+        self.post_run_steps: list[PostRunStep] = (
+            [MetricsStep(self.workspace, self.store)] if post_run_steps is None else post_run_steps
+        )
         self.devices = ("cpu", "cuda") if resolve_device(None) == "cuda" else ("cpu",)
         self._tokens: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
@@ -119,6 +124,7 @@ class JobManager:
     def submit(
         self, dataset_sha256: str, model: str, variant: Optional[str] = None, params: Optional[dict] = None,
         organism: Optional[str] = None, weights: Optional[str] = None, owner: Optional[str] = None,
+        metrics: Optional[dict] = None,
     ) -> Job:
         """Queue a run; or return the done job with the same spec (a cache hit: status `done` at once),
         or the queued/running one (a second click joins it).
@@ -130,7 +136,8 @@ class JobManager:
         config = get_model(model)
         params = dict(params or {})
         device = self._device_for(config, params.pop("device", None))
-        spec = JobSpec(dataset_sha256, model, config.variant(variant).name, params, _organism_name(organism), weights)
+        spec = JobSpec(dataset_sha256, model, config.variant(variant).name, params, _organism_name(organism), weights,
+                       {k: v for k, v in (metrics or {}).items() if v not in (None, "")})
         return self._submit(spec, owner or get_settings().user, device)
 
     def cancel(self, job_id: str) -> Optional[Job]:

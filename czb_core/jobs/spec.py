@@ -1,7 +1,7 @@
 """What a job computes, and the key that makes a finished result reusable.
 
-Two submissions with the same dataset (by content hash), model, variant, parameters, organism and
-weights give the same embedding, so the second returns the first's job instead of recomputing. The
+Two submissions with the same dataset (by content hash), model, variant, parameters, organism,
+weights and metric options give the same results, so the second returns the first's job instead of recomputing. The
 device is not part of the spec: where a job runs does not change what it means.
 """
 
@@ -21,6 +21,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     organism: Optional[str] = None
     weights: Optional[str] = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # label_key, batch_key, split_key, train, test
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys at every level, no whitespace, so equal specs give equal text."""

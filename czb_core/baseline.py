@@ -1,0 +1,49 @@
+"""The PCA baseline embedding of a dataset, computed once and kept by content hash.
+
+Every model's metrics are reported beside the baseline's; the baseline of a dataset never changes, so it
+is cached as `<workspace>/baselines/<sha256>.npy` and shared by every run, job and `czb benchmark`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from czb_core.config import get_settings
+from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from czb_core.reading import sha256_file
+from czb_core.types import Organism
+
+BASELINE_MODEL = "pca"
+
+
+def baseline_path(sha256: str) -> Path:
+    return get_settings().workspace / "baselines" / f"{sha256}.npy"
+
+
+def baseline_embedding(
+    data_path: str | Path,
+    sha256: Optional[str] = None,
+    organism: Optional[Organism] = None,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+) -> np.ndarray:
+    """`emb_nd` of the PCA baseline (default parameters) of the file, from the cache when present."""
+    from czb_core.run import run_model
+
+    sha256 = sha256 or sha256_file(data_path)
+    path = baseline_path(sha256)
+    if path.exists():
+        return np.load(path)
+    progress("baseline (PCA)", 0, 1)
+    result = run_model(data_path, BASELINE_MODEL, organism=organism, cancel=cancel, input_sha256=sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, result.emb_nd)
+    os.replace(tmp, path)
+    progress("baseline (PCA)", 1, 1)
+    return result.emb_nd

@@ -1,0 +1,193 @@
+"""Run benchmark tasks on an embedding, the way cz-benchmarks scores a model's output.
+
+A task gets an embedding (cells x dims) and obs columns, never a model: the app embeds first, then
+scores. `run_tasks` checks the inputs once (`inputs.py`), takes the subsample once, builds the exact
+kNN graph once (k=200 when batch integration runs, else 15) and runs the selected tasks in order:
+clustering, embedding, label_prediction, batch_integration (needs batch_key), cross_split (needs
+split_key, train_value, test_value). The kNN search's time counts toward the first task that uses it.
+
+`run_with_baseline` scores a model embedding and a baseline embedding (e.g. PCA) on the same cells
+with the same seed and returns both result lists and the model-vs-baseline table.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from czb_core.progress import ProgressCallback, no_progress
+from czb_core.tasks.batch_integration import batch_integration_metrics
+from czb_core.tasks.clustering import clustering_metrics, leiden_clusters
+from czb_core.tasks.cross_split import cross_split_transfer
+from czb_core.tasks.embedding import embedding_metrics
+from czb_core.tasks.inputs import TaskInputs, check_embedding, prepare_inputs
+from czb_core.tasks.label_prediction import MIN_CLASS_SIZE, fold_scores, kept_classes, label_prediction_metrics
+from czb_core.tasks.neighbors import CLUSTERING_K, ENTROPY_K, KnnGraph, compute_knn
+from czb_core.tasks.results import TaskResult, results_table
+
+TASK_DISPLAY = {
+    "clustering": "Clustering",
+    "embedding": "Embedding",
+    "label_prediction": "Label Prediction",
+    "batch_integration": "Batch Integration",
+    "cross_split": "Cross-split Label Transfer",
+}
+BASELINE_MODEL = {"type": "BASELINE", "variant": "pca", "name_display": "PCA baseline"}
+
+
+def _clustering(emb_nd, inputs: TaskInputs, knn, seed):
+    clusters_n = leiden_clusters(emb_nd, knn(), seed)
+    extra = {"n_clusters": int(len(np.unique(clusters_n))), "n_neighbors": min(CLUSTERING_K, knn().k)}
+    return clustering_metrics(inputs.labels_n, clusters_n), extra, inputs.n_used
+
+
+def _embedding(emb_nd, inputs: TaskInputs, knn, seed):
+    return embedding_metrics(emb_nd, inputs.labels_n), {}, inputs.n_used
+
+
+def _label_prediction(emb_nd, inputs: TaskInputs, knn, seed):
+    folds_df = fold_scores(emb_nd, inputs.labels_n, seed)
+    kept = kept_classes(inputs.labels_n, MIN_CLASS_SIZE)
+    counts = inputs.labels_n.value_counts()
+    dropped = counts[(counts > 0) & ~counts.index.isin(kept.index)]
+    extra = {"n_classes": len(kept), "dropped_classes": {str(k): int(v) for k, v in dropped.items()}}
+    return label_prediction_metrics(folds_df), extra, int(kept.sum())
+
+
+def _batch_integration(emb_nd, inputs: TaskInputs, knn, seed):
+    metrics = batch_integration_metrics(emb_nd, inputs.labels_n, inputs.batches_n, knn())
+    extra = {"n_batches": int(inputs.batches_n.nunique()), "entropy_k": min(ENTROPY_K, knn().k)}
+    if any(np.isnan(m.value) for m in metrics):
+        extra["warnings"] = ["batch silhouette undefined: no label has cells from 2+ batches"]
+    return metrics, extra, inputs.n_used
+
+
+def _cross_split(emb_nd, inputs: TaskInputs, knn, seed):
+    transfer = cross_split_transfer(
+        emb_nd, inputs.labels_n, inputs.split_n, inputs.train_value, inputs.test_value, seed
+    )
+    extra = {
+        "confusion_matrices": {
+            name: {"classes": frame.index.tolist(), "matrix": frame.to_numpy().tolist()}
+            for name, frame in transfer.confusion.items()
+        },
+        "unseen_test_labels": transfer.unseen_labels,
+    }
+    n_used = int(inputs.split_n.isin([inputs.train_value, inputs.test_value]).sum())
+    return transfer.metrics, extra, n_used
+
+
+RUNNERS = {
+    "clustering": _clustering,
+    "embedding": _embedding,
+    "label_prediction": _label_prediction,
+    "batch_integration": _batch_integration,
+    "cross_split": _cross_split,
+}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_prepared(
+    emb_nd: np.ndarray,
+    inputs: TaskInputs,
+    seed: int = 42,
+    progress: Optional[ProgressCallback] = None,
+    model: Optional[dict] = None,
+    dataset: Optional[dict] = None,
+) -> list[TaskResult]:
+    """Run `inputs.tasks` on one embedding whose rows are obs's cells (all of them, not the subsample)."""
+    progress = progress or no_progress
+    emb_nd = check_embedding(emb_nd, inputs.n_total)[inputs.rows_n]
+    k = ENTROPY_K if "batch_integration" in inputs.tasks else CLUSTERING_K
+
+    @functools.cache
+    def knn() -> KnnGraph:
+        return compute_knn(emb_nd, k)
+
+    results = []
+    for done, task in enumerate(inputs.tasks):
+        progress(f"metrics: {TASK_DISPLAY[task].lower()}", done, len(inputs.tasks))
+        start = time.perf_counter()
+        metrics, extra, n_used = RUNNERS[task](emb_nd, inputs, knn, seed)
+        extra["warnings"] = [*inputs.warnings, *extra.get("warnings", [])]
+        results.append(
+            TaskResult(
+                task_name=task,
+                task_name_display=TASK_DISPLAY[task],
+                metrics=metrics,
+                n_used=n_used,
+                n_total=inputs.n_total,
+                model=dict(model or {}),
+                dataset=dict(dataset or {}),
+                runtime_metrics={
+                    "wall_s": round(time.perf_counter() - start, 3),
+                    "peak_rss_mb": round(_peak_rss_mb(), 1),
+                    "device": "cpu",
+                },
+                extra=extra,
+            )
+        )
+    progress("metrics", len(inputs.tasks), len(inputs.tasks))
+    return results
+
+
+def run_tasks(
+    emb_nd: np.ndarray,
+    obs: pd.DataFrame,
+    label_key: str,
+    batch_key: Optional[str] = None,
+    split_key: Optional[str] = None,
+    train_value=None,
+    test_value=None,
+    tasks: Optional[Sequence[str]] = None,
+    seed: int = 42,
+    max_cells: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    model: Optional[dict] = None,
+    dataset: Optional[dict] = None,
+) -> list[TaskResult]:
+    """Score one embedding. Above `max_cells` (default `Settings.metrics_max_cells`) the metrics use a
+    seeded stratified subsample; pass a cap at least the number of cells to score every cell."""
+    inputs = prepare_inputs(
+        obs, label_key, batch_key, split_key, train_value, test_value, tasks, seed, max_cells
+    )
+    return run_prepared(emb_nd, inputs, seed, progress, model, dataset)
+
+
+def run_with_baseline(
+    emb_nd: np.ndarray,
+    baseline_emb_nd: np.ndarray,
+    obs: pd.DataFrame,
+    label_key: str,
+    batch_key: Optional[str] = None,
+    split_key: Optional[str] = None,
+    train_value=None,
+    test_value=None,
+    tasks: Optional[Sequence[str]] = None,
+    seed: int = 42,
+    max_cells: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    model: Optional[dict] = None,
+    baseline_model: Optional[dict] = None,
+    dataset: Optional[dict] = None,
+) -> tuple[list[TaskResult], list[TaskResult], pd.DataFrame]:
+    """Model and baseline scored on the same checked cells: (model results, baseline results, table)."""
+    inputs = prepare_inputs(
+        obs, label_key, batch_key, split_key, train_value, test_value, tasks, seed, max_cells
+    )
+    check_embedding(baseline_emb_nd, inputs.n_total, "baseline embedding")
+    model_results = run_prepared(emb_nd, inputs, seed, progress, model, dataset)
+    baseline_results = run_prepared(
+        baseline_emb_nd, inputs, seed, progress, baseline_model or BASELINE_MODEL, dataset
+    )
+    return model_results, baseline_results, results_table(model_results, baseline_results)
+
