@@ -68,6 +68,7 @@ class BaseModelImplementation(ABC):
         self._weights_cache = weights_cache
         self.weights_dir: Optional[Path] = None
         self.weights_manifest: Optional[dict] = None
+        self.extra_obs: dict[str, Any] = {}  # per-cell outputs besides the embedding (e.g. a perturbation shift)
         self.args = self.parse_args(argv or [], kwargs)
         self._device_request = device
         self._device: Optional[str] = None

@@ -105,7 +105,10 @@ def run_model(
         "peak_rss_mb": round(peak.peak_rss_mb, 1),
         "peak_gpu_mb": None if peak.peak_gpu_mb is None else round(peak.peak_gpu_mb, 1),
     }
-    result = RunResult(model, implementation.variant, emb_nd, dataset.adata.obs.copy(), record, report)
+    obs = dataset.adata.obs.copy()
+    for column, values in implementation.extra_obs.items():
+        obs[column] = values
+    result = RunResult(model, implementation.variant, emb_nd, obs, record, report)
     dataset.unload_data()
     return result
 

@@ -292,3 +292,21 @@ def test_metrics_problems_leave_the_job_done(workspace, dataset):
     assert job.status == "done"
     assert any("metrics not computed" in n and "no_such_column" in n for n in job.notes)
     assert "no_such_column" in json.loads((job.artifact_dir / "metrics.json").read_text())["error"]
+
+
+def test_step_seconds_add_up_time_between_step_changes(monkeypatch):
+    from czb_core.jobs import manager as manager_module
+
+    clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 12.0])
+    monkeypatch.setattr(manager_module.time, "monotonic", lambda: next(clock))
+
+    class NullStore:
+        def update_progress(self, *args):
+            pass
+
+    progress = manager_module.StoreProgress(NullStore(), "job")
+    progress("a", 0, 1)  # t=0: a starts
+    progress("b", 0, 1)  # t=1: a took 1 s
+    progress("a", 0, 1)  # t=3: b took 2 s; a again (the baseline pass of the same step)
+    progress("c", 0, 1)  # t=4: a took 1 s more
+    assert progress.finish() == {"a": 2.0, "b": 2.0, "c": 6.0}  # t=10: c took 6 s

@@ -76,24 +76,37 @@ def _organism_name(organism: Optional[str]) -> Optional[str]:
 
 class StoreProgress:
     """A run's progress callback: writes to the store on a step change or a step's end, else at most
-    every `interval` seconds, so a fast batch loop does not hammer SQLite. It also times each named step
-    (first to last report), for the run record's `step_seconds`."""
+    every `interval` seconds, so a fast batch loop does not hammer SQLite. It also adds up the time
+    spent in each named step (from one step change to the next), for the run record's `step_seconds`."""
 
     def __init__(self, store: JobStore, job_id: str, interval: float = PROGRESS_INTERVAL_S):
         self.store, self.job_id, self.interval = store, job_id, interval
         self._step: Optional[str] = None
         self._last = 0.0
-        self._started: dict[str, float] = {}
+        self._step_started = 0.0
         self.step_seconds: dict[str, float] = {}
 
     def __call__(self, step: str, done: float, total: Optional[float]) -> None:
         now = time.monotonic()
-        self.step_seconds[step] = round(now - self._started.setdefault(step, now), 3)
+        if step != self._step:
+            self._close_step(now)
+            self._step_started = now
         finished = total is not None and done >= total
         if step == self._step and not finished and now - self._last < self.interval:
             return
         self._step, self._last = step, now
         self.store.update_progress(self.job_id, step, done, total)
+
+    def _close_step(self, now: float) -> None:
+        if self._step is not None:
+            spent = self.step_seconds.get(self._step, 0.0) + now - self._step_started
+            self.step_seconds[self._step] = round(spent, 3)
+
+    def finish(self) -> dict[str, float]:
+        """Close the last step and return the seconds per step."""
+        self._close_step(time.monotonic())
+        self._step_started = time.monotonic()
+        return self.step_seconds
 
 
 class JobManager:
@@ -282,5 +295,5 @@ class JobManager:
         for step in self.post_run_steps:
             token.check()
             step(job, result, artifact_dir, progress)
-        result.record["job"]["step_seconds"] = progress.step_seconds
+        result.record["job"]["step_seconds"] = progress.finish()
         (artifact_dir / RECORD_JSON).write_bytes(record_json(result.record))
