@@ -8,7 +8,6 @@ user's own obs; `.npy` has no room for names, so it comes with `cell_ids_txt` in
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from czb_core.jobs.artifacts import EMBEDDING_H5AD, read_embedding, read_record
+from czb_core.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, read_embedding
 
 
 def embedding_frame(emb_nd: np.ndarray, obs_names: Sequence[str], key: str) -> pd.DataFrame:
@@ -51,9 +50,6 @@ def cell_ids_txt(obs_names: Sequence[str]) -> bytes:
     return "".join(f"{name}\n" for name in obs_names).encode()
 
 
-def record_json(record: dict) -> bytes:
-    """The run record (how the embedding was made) as indented JSON; unknown types written as text."""
-    return json.dumps(record, indent=2, default=str).encode()
 
 
 def npy_zip(emb_nd: np.ndarray, obs_names: Sequence[str]) -> bytes:
@@ -82,7 +78,7 @@ def export_bytes(artifact_dir: Path, fmt: str) -> tuple[str, str, bytes]:
     if fmt == "h5ad":
         return name, mime, (artifact_dir / EMBEDDING_H5AD).read_bytes()
     if fmt == "run record (JSON)":
-        return name, mime, record_json(read_record(artifact_dir))
+        return name, mime, (artifact_dir / RECORD_JSON).read_bytes()
     emb_nd, obs, key = read_embedding(artifact_dir)
     if fmt == "parquet":
         return name, mime, to_parquet(emb_nd, obs.index, key)

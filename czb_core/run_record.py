@@ -44,9 +44,14 @@ def utc_now() -> str:
 
 
 def h5_safe(value: Any) -> Any:
-    """A copy storable in h5ad `uns`: None values dropped (HDF5 has no null), tuples as lists."""
+    """A copy storable in h5ad `uns`: None values dropped (HDF5 has no null); a list of records
+    (dicts or lists, e.g. validation problems, weight files) becomes a dict keyed "0", "1", ... since
+    HDF5 stores only lists of scalars."""
     if isinstance(value, dict):
         return {str(k): h5_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [h5_safe(v) for v in value if v is not None]
+        items = [v for v in value if v is not None]
+        if any(isinstance(v, (dict, list, tuple)) for v in items):
+            return {str(i): h5_safe(v) for i, v in enumerate(items)}
+        return items
     return value

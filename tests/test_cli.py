@@ -102,3 +102,16 @@ def test_python_dash_m_entry_point(small_h5ad):
                            "--json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model"] == "PCA baseline"
+
+
+def test_run_record_with_problems_and_nested_lists_is_written(capsys, small_adata, write_h5ad, tmp_path):
+    adata = small_adata.copy()
+    x = adata.X.tolil()
+    x[[0, 1], :] = 0  # empty cells: a warning that the record keeps
+    adata.X = sp.csr_matrix(x)
+    out_path = tmp_path / "o.h5ad"
+    code, _, err = run_cli(capsys, "run", str(write_h5ad(adata)), "--model", "pca", "--out", str(out_path))
+    assert code == 0, err
+    record = ad.read_h5ad(out_path).uns["czb_run"]
+    assert record["validation"]["0"]["code"] == "empty_cells"
+    assert record["validation"]["0"]["severity"] == "warning"

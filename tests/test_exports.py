@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from czb_core.exports import cell_ids_txt, record_json, to_csv, to_npy, to_parquet
+from czb_core.exports import cell_ids_txt, to_csv, to_npy, to_parquet
+from czb_core.jobs.artifacts import record_json
 from czb_core.umap import stratified_subsample
 
 

@@ -39,3 +39,8 @@ def read_umap(artifact_dir: Path) -> np.ndarray:
 
 def read_record(artifact_dir: Path) -> dict:
     return json.loads((Path(artifact_dir) / RECORD_JSON).read_text())
+
+
+def record_json(record: dict) -> bytes:
+    """The run record (how the embedding was made) as indented JSON; unknown types written as text."""
+    return json.dumps(record, indent=2, default=str).encode()

@@ -23,8 +23,7 @@ import numpy as np
 
 from czb_core.config import get_settings
 from czb_core.errors import Cancelled, ConfigError, CzbError
-from czb_core.exports import record_json
-from czb_core.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, UMAP_NPY, is_complete
+from czb_core.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, UMAP_NPY, is_complete, record_json
 from czb_core.jobs.spec import JobSpec
 from czb_core.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RETRYABLE, Job, JobStore
 from czb_core.model import resolve_device
