@@ -113,6 +113,10 @@ class BaseModelImplementation(ABC):
         """The effective parameters of this run (recorded in the run record)."""
         return dict(vars(self.args))
 
+    def parameter_help(self) -> dict[str, str]:
+        """Each parameter's help text from the parser, for forms and `--help`-like listings."""
+        return {a.dest: a.help or "" for a in self.create_parser()._actions if a.dest != "help"}
+
     # -- weights -----------------------------------------------------------------------------------
 
     @property

@@ -9,15 +9,15 @@ import streamlit as st
 
 from czb_core.errors import CzbError
 from czb_core.registry import discover_models
+from czb_core.types import Organism
 from czb_core.tasks import suggest_columns
-from pages.common import all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset
+from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset
 
 st.title("Run")
 record = require_dataset()
 manager = job_manager()
 models = discover_models()
 organism_name = recall("organism")
-reports = all_reports(str(record.path), record.sha256, organism_name)
 
 left, right = st.columns([1, 1])
 with left:
@@ -67,34 +67,59 @@ if label_key not in columns:
 elif split_values and train != test:
     metrics_options.update(split_key=split_key, train=train, test=test)
 
-report = reports[f"{model} / {variant}"]
-implementation = config.load_implementation()(config, variant)
-defaults = implementation.parameters()
-with st.form("params"):
-    st.markdown("**Parameters**")
-    c1, c2, c3 = st.columns(3)
-    device = c1.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
-    seed = c2.number_input("Seed", value=int(defaults.get("seed") or 0), step=1)
-    batch_size = c3.number_input("Batch size (0 = model default)", value=int(defaults.get("batch_size") or 0),
-                                 min_value=0, step=1)
-    params = {"seed": int(seed), "batch_size": int(batch_size) or None}
-    if "precision" in defaults:
-        params["precision"] = st.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"])
-    for key, value in defaults.items():
-        if key in ("seed", "batch_size", "precision") or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        params[key] = st.number_input(key, value=value)
-    blocked = not report["ok"]
-    submitted = st.form_submit_button("Run", type="primary", disabled=blocked)
+defaults = config.load_implementation()(config, variant).parameters()
+helps = config.load_implementation()(config, variant).parameter_help()
+COMMON = ("seed", "batch_size", "precision")
+st.markdown("**Parameters**")
+c1, c2, c3 = st.columns(3)
+device = c1.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
+params: dict = {"seed": int(c2.number_input("Seed", value=int(defaults.get("seed") or 0), step=1))}
+batch_size = int(c3.number_input("Batch size (0 = model default)", value=int(defaults.get("batch_size") or 0),
+                                 min_value=0, step=1))
+if batch_size:
+    params["batch_size"] = batch_size
+if "precision" in defaults:
+    params["precision"] = st.selectbox("Precision", ["auto", "fp32", "bf16"], help=helps.get("precision"))
+model_params = [k for k in defaults if k not in COMMON]
+cols = st.columns(2)
+for i, key in enumerate(model_params):
+    value, where, tip = defaults[key], cols[i % 2], helps.get(key) or None
+    widget_key = f"param_{model}_{variant}_{key}"
+    if key == "batch_key":
+        options = ["(none)"] + columns + ["unassigned"]
+        chosen_key = where.selectbox("batch_key", options, help=tip, key=widget_key)
+        if chosen_key != "(none)":
+            params[key] = chosen_key
+    elif key == "batch_columns":
+        chosen_columns = where.multiselect("batch_columns", columns, help=tip, key=widget_key)
+        if chosen_columns:
+            params[key] = ",".join(chosen_columns)
+    elif isinstance(value, bool):
+        params[key] = where.checkbox(key, value=value, help=tip, key=widget_key)
+    elif isinstance(value, (int, float)):
+        params[key] = where.number_input(key, value=value, help=tip, key=widget_key)
+    else:
+        text = where.text_input(key, value="" if value in (None, (), {}) else str(value), help=tip, key=widget_key)
+        if text.strip():
+            params[key] = text.strip()
+
+try:  # validation with the chosen parameters: they can change what the model needs (e.g. batch columns)
+    implementation = config.load_implementation()(config, variant, **params)
+    report = implementation.check(header, Organism.parse(organism_name) if organism_name else None).to_dict()
+except CzbError as exc:
+    report = {"ok": False, "problems": [{"severity": "error", "message": str(exc), "fix": ""}]}
+blocked = not report["ok"]
 if blocked:
-    st.error("A blocking check fails for this model; see 2. Validate for the fixes.")
-    st.page_link("pages/validate.py", label="Open 2. Validate", icon="✅")
+    for problem in (p for p in report["problems"] if p["severity"] == "error"):
+        st.error(problem["message"] + (f" Fix: {problem['fix']}" if problem["fix"] else ""))
+    st.caption("A blocking check fails for this model and these parameters; 2. Validate lists the fixes.")
+submitted = st.button("Run", type="primary", disabled=blocked)
 if submitted:
     if device != "auto":
         params["device"] = device
     try:
         job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
-                             params={k: v for k, v in params.items() if v is not None}, metrics=metrics_options)
+                             params=params, metrics=metrics_options)
     except CzbError as exc:
         st.error(str(exc))
         st.stop()

@@ -71,7 +71,21 @@ def test_run_button_is_disabled_while_a_check_blocks(small_adata, write_h5ad):
     at = page("run", dataset=bad.sha256)
     run_button = next(b for b in at.button if b.label == "Run")
     assert run_button.disabled
-    assert any("blocking check fails" in e.value for e in at.error)
+    assert any("raw integer counts" in e.value for e in at.error)
+
+
+def test_run_page_parameters_change_what_the_model_needs(small_h5ad):
+    """scVI Census variants need the Census batch columns, unless the user picks a constant batch."""
+    record = Workspace().add_file(small_h5ad)
+    at = page("run", dataset=record.sha256)
+    model_box = next(s for s in at.selectbox if s.label == "Model")
+    model_box.set_value("scvi").run()
+    next(s for s in at.selectbox if s.label == "Variant").set_value("homo_sapiens").run()
+    assert next(b for b in at.button if b.label == "Run").disabled
+    assert any("dataset_id" in e.value for e in at.error)
+    next(s for s in at.selectbox if s.label == "batch_key").set_value("unassigned").run()
+    assert not at.exception
+    assert not next(b for b in at.button if b.label == "Run").disabled
 
 
 def test_results_page_without_runs_says_so(small_h5ad):
