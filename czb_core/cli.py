@@ -70,22 +70,27 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_run(args) -> int:
+def _run_and_write(args, params: dict):
+    """Run the model with progress on stderr, report the validation problems, write `--out`."""
     from czb_core.progress import StderrProgress
     from czb_core.run import run_model, write_run_h5ad
 
-    params = _params(args.param)
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    if args.seed is not None:
-        params["seed"] = args.seed
     result = run_model(
         args.data, args.model, args.variant, organism=_organism(args.organism), params=params,
         weights=args.weights, device=args.device, progress=StderrProgress(),
     )
     for problem in result.report.problems:
         print(f"[czb] {problem.severity.value}: {problem.message}", file=sys.stderr)
-    out = write_run_h5ad(result, args.out)
+    return result, write_run_h5ad(result, args.out)
+
+
+def cmd_run(args) -> int:
+    params = _params(args.param)
+    if args.seed is not None:
+        params["seed"] = args.seed
+    result, out = _run_and_write(args, params)
     print(f"wrote {out}: {result.emb_nd.shape[0]:,} cells x {result.emb_nd.shape[1]} dims in "
           f"obsm['{result.obsm_key}'] ({result.record['wall_s']:.1f} s, peak {result.record['peak_rss_mb']:.0f} MB)")
     return 0
@@ -93,9 +98,6 @@ def cmd_run(args) -> int:
 
 def cmd_perturb(args) -> int:
     """In-silico perturbation: embed perturbed cells; `obs['perturbation_shift']` = cosine shift from the originals."""
-    from czb_core.progress import StderrProgress
-    from czb_core.run import run_model, write_run_h5ad
-
     if not (args.delete or args.activate or args.map):
         raise ConfigError("name genes to perturb with --delete, --activate and/or --map")
     params = _params(args.param)
@@ -103,15 +105,7 @@ def cmd_perturb(args) -> int:
                        ("feature_map", args.map)):
         if genes:
             params[key] = ",".join(genes)  # the model parses comma-separated text (see its --help)
-    if args.batch_size is not None:
-        params["batch_size"] = args.batch_size
-    result = run_model(
-        args.data, args.model, args.variant, organism=_organism(args.organism), params=params,
-        weights=args.weights, device=args.device, progress=StderrProgress(),
-    )
-    for problem in result.report.problems:
-        print(f"[czb] {problem.severity.value}: {problem.message}", file=sys.stderr)
-    out = write_run_h5ad(result, args.out)
+    result, out = _run_and_write(args, params)
     shift = result.obs["perturbation_shift"]
     print(f"wrote {out}: {len(shift):,} perturbed cells in obsm['{result.obsm_key}'], cosine shift in "
           f"obs['perturbation_shift'] (mean {shift.mean():.4g}, max {shift.max():.4g}; "
