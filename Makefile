@@ -24,7 +24,8 @@ $(DEMO): | venv
 demo: $(DEMO)
 
 run: venv $(DEMO)
-	CZB_DEMO=$(DEMO) $(BIN)/streamlit run app.py --server.port $(PORT)
+	CZB_DEMO=$(DEMO) STREAMLIT_SERVER_MAX_UPLOAD_SIZE=$${CZB_MAX_UPLOAD_MB:-2048} \
+		$(BIN)/streamlit run app.py --server.port $(PORT)
 
 # Debian's Chromium for the end-to-end tests (Playwright's own browser download is not used).
 browser:
