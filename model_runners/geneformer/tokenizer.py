@@ -1,4 +1,4 @@
-"""Geneformer's rank-value encoding, vectorised over the rows of a CSR count matrix.
+"""Geneformer's rank-value encoding of a CSR count matrix, one compiled pass over its rows.
 
 Per cell (model-formats.md section 1): gene columns are mapped through the dictionaries (columns that
 land on the same Ensembl id are summed, unknown ones dropped), `x_norm = counts / n_counts * 10,000 /
@@ -11,32 +11,42 @@ token-dictionary order (ascending token id, which is Ensembl-id order), not by t
 order, so a cell's tokens do not depend on how the file orders its genes. The authors' unstable
 argsort left them arbitrary.
 
-How it is fast: each stored count becomes one int64 key whose high bits are the complemented IEEE
-bits of `x_norm` (for positive doubles the bits order like the values, so the complement sorts
-descending) and whose low bits are the gene's token id. A block of rows is laid out as a padded 2-D
-array and sorted along its rows with numpy's SIMD sort; the token is read straight from each sorted
-key's low bits, so nothing is argsorted and no Python loop runs per cell. The token bits replace the
-last 15 bits of the mantissa (16 for vocabularies over 32,767 tokens), so values that agree to a
-relative 2^-37 count as ties. That is far below any biological difference and at the level of the
-formula's own rounding: values equal on paper but computed from different counts and medians (3 / 1.5
-and 2 / 1.0) can differ in their last bit, which a float64 argsort would follow and this ranking does
-not (it puts them in token order, as true ties).
+How it is fast: one numba kernel (compiled once, cached on disk) walks the CSR rows and, per row,
+turns each stored count into one int64 key whose high bits are the complemented IEEE bits of `x_norm`
+(for positive doubles the bits order like the values, so the complement sorts descending) and whose
+low bits are the gene's token id. Keys are unique within a row (one per gene), so sorting them
+ascending gives the ranking with its tie-break, and each token is read straight from a sorted key's low
+bits. The sort is a counting pass into buckets by the keys' leading bits (the keys follow log(`x_norm`),
+so a bucket holds a key or two) and an insertion sort that only moves keys within their bucket: a few
+linear passes per row, where a comparison sort would mispredict a branch at every other step. Rows
+are split between threads (the kernel releases the GIL); no Python runs per cell.
+
+The token bits replace the last 15 bits of the mantissa (16 for vocabularies over 32,767 tokens), so
+the ranking is by `x_norm` cut to its leading 37 mantissa bits, then by token: values on the same step
+of that relative 2^-37 grid count as ties, while values closer than a step but on either side of a
+grid line still rank by value. That is far below any biological difference and at the level of the
+formula's own rounding: values equal on paper but computed from different counts and medians (10 / 10
+and 1 / 1) can differ in their last bit, which a float64 argsort would follow and this ranking mostly
+does not (it puts them in token order, as true ties).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from czb_core.errors import InputError
 from model_runners.geneformer.dictionaries import GeneDictionaries
 
 TARGET_SUM = 10_000
-SENTINEL = np.iinfo(np.int64).max  # the key of padding and of dropped entries: sorts last, reads as no token
-CHUNK_ENTRIES = 1 << 19  # stored counts per block: fits in cache, large enough to amortise numpy calls
+KEY_BITS = np.iinfo(np.int64).max  # all bits of a non-negative int64 key
+SMALL_SORT = 24  # rows and buckets of up to this many keys are left to the insertion sort
 
 
 @dataclass(frozen=True)
@@ -147,26 +157,22 @@ class RankValueTokenizer:
         token_c = self.dictionaries.tokens_of(gene_names)
         if perturbation.deleted or perturbation.activated:
             token_c[np.isin(token_c, perturbation.deleted + perturbation.activated)] = -1
-        keys = _SortKeys.build(x_ng, token_c, self.dictionaries.median_t, self.token_bits)
-        prefix = ([self.spec.cls_token] if self.spec.cls_token is not None else []) + list(perturbation.activated)
+        columns = _ColumnCodes.build(token_c, self.dictionaries.median_t, self.token_bits)
+        prefix_p = np.array(([self.spec.cls_token] if self.spec.cls_token is not None else [])
+                            + list(perturbation.activated), dtype=np.int32)
         slots = self.spec.input_size - self.spec.n_specials - len(perturbation.activated)
         if slots < 0:
             raise InputError(
                 f"{len(perturbation.activated)} activated genes do not fit in the input size of "
                 f"{self.spec.input_size} tokens"
             )
-        tokens, n_genes = [], []
-        for lo, hi in _row_chunks(x_ng.indptr):
-            block_tokens, block_n_genes = self._encode_block(keys, lo, hi, scale_n, prefix, slots)
-            tokens.append(block_tokens)
-            n_genes.append(block_n_genes)
-        tokens_t = np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int32)
-        n_genes_n = np.concatenate(n_genes) if n_genes else np.zeros(0, dtype=np.int64)
+        eos = -1 if self.spec.eos_token is None else int(self.spec.eos_token)
+        tokens_t, n_genes_n = _encode(x_ng, scale_n, columns, prefix_p, slots, eos)
         if perturbation.mapped:
             remap = np.arange(self.dictionaries.vocab_size, dtype=np.int32)
             remap[list(perturbation.mapped)] = list(perturbation.mapped.values())
             tokens_t = remap[tokens_t]
-        lengths = np.minimum(n_genes_n, slots) + len(prefix) + (self.spec.eos_token is not None)
+        lengths = np.minimum(n_genes_n, slots) + len(prefix_p) + (eos >= 0)
         return TokenizedCells(tokens_t, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), n_genes_n)
 
     def normalized(self, x_ng: sp.spmatrix, gene_names, n_counts_n: Optional[np.ndarray] = None) -> sp.csr_matrix:
@@ -184,98 +190,225 @@ class RankValueTokenizer:
         scale_n = _scale(x_ng, n_counts_n)
         return sp.csr_matrix(sp.diags(scale_n) @ (x_ng @ to_tokens) @ sp.diags(inv_median_t))
 
-    def _encode_block(self, keys: "_SortKeys", lo: int, hi: int, scale_n, prefix: list[int], slots: int):
-        """(Flat tokens of rows lo..hi: prefix, top `slots` genes, `<eos>`; detected genes per row)."""
-        keys_k, nnz_n = keys.of_rows(lo, hi, scale_n)
-        n_rows, n_prefix, has_eos = hi - lo, len(prefix), self.spec.eos_token is not None
-        width = int(nnz_n.max()) if n_rows else 0
-        block_nw = np.full((n_rows, n_prefix + width + has_eos), SENTINEL, dtype=np.int64)
-        block_nw[:, :n_prefix] = prefix  # bare token ids: `& low` below reads them back unchanged
-        body_nw = block_nw[:, n_prefix : n_prefix + width]
-        body_nw[np.arange(width) < nnz_n[:, None]] = keys_k  # CSR order is row-major order
-        body_nw.sort(axis=1)
-        n_genes_n = np.count_nonzero(body_nw < keys.high, axis=1)
-        n_kept_n = np.minimum(n_genes_n, slots)
-        if has_eos:
-            block_nw[np.arange(n_rows), n_prefix + n_kept_n] = self.spec.eos_token
-        used_nw = np.arange(block_nw.shape[1]) < (n_prefix + n_kept_n + has_eos)[:, None]
-        return (block_nw[used_nw] & keys.low).astype(np.int32), n_genes_n
-
 
 @dataclass(frozen=True)
-class _SortKeys:
-    """Per-column codes that turn stored counts into sort keys (see the module docstring).
+class _ColumnCodes:
+    """What the stored counts of each input column become (see the module docstring).
 
-    A kept entry's key is `(bits(x_norm) | low) ^ code` with `code = high | (low ^ token)`: the high
-    bits come out complemented and the low bits equal the token. A dropped column has `code = high`
-    and `1 / median = 0`, so its `x_norm` is 0 and its key is `SENTINEL`, like padding. Columns that
-    share a gene are dropped from `x_ng` and enter through `summed_nd` instead.
+    A gene's key is `(bits(x_norm) | low) ^ code` with `code = high | (low ^ token)`: the high bits come
+    out complemented and the low bits equal the token. A column that is its gene's only one carries the
+    gene's code and 1 / median. A dropped column (no token, or a deleted or activated gene) has
+    `code = high` and `1 / median = 0`, so its `x_norm` is 0 and its key `high | low`, which the kernel
+    skips as no gene; so do columns that share a gene, whose counts are summed per row into their gene,
+    the `slot_c`-th of the `_d` arrays, before normalising (`slot_c` is -1 for all other columns).
     """
 
-    x_ng: sp.csr_matrix
     code_c: np.ndarray  # int64 per input column
-    inv_median_c: np.ndarray  # float64 per input column, 0 when dropped
-    summed_nd: Optional[sp.csr_matrix]  # counts of shared genes, summed over their columns
-    code_d: np.ndarray
-    inv_median_d: np.ndarray
+    inv_median_c: np.ndarray  # float64 per input column
+    slot_c: np.ndarray  # int32 per input column
+    code_d: np.ndarray  # int64 per shared gene
+    inv_median_d: np.ndarray  # float64 per shared gene
     low: int
     high: int
 
     @classmethod
-    def build(cls, x_ng: sp.csr_matrix, token_c: np.ndarray, median_t: np.ndarray, token_bits: int) -> "_SortKeys":
+    def build(cls, token_c: np.ndarray, median_t: np.ndarray, token_bits: int) -> "_ColumnCodes":
         low = (1 << token_bits) - 1
-        high = int(SENTINEL) ^ low
-        kept = token_c >= 0
-        genes, counts = np.unique(token_c[kept], return_counts=True)
-        shared_c = kept & np.isin(token_c, genes[counts > 1])
-        single_c = kept & ~shared_c
+        high = int(KEY_BITS) ^ low
+        kept_c = token_c >= 0
+        genes, counts = np.unique(token_c[kept_c], return_counts=True)
+        shared_d = genes[counts > 1]
+        shared_c = kept_c & np.isin(token_c, shared_d)
+        single_c = kept_c & ~shared_c
         code_c = np.full(len(token_c), high, dtype=np.int64)
         code_c[single_c] = high | (low ^ token_c[single_c])
         inv_median_c = np.zeros(len(token_c))
         inv_median_c[single_c] = 1.0 / median_t[token_c[single_c]]
-        shared_d, slot = np.unique(token_c[shared_c], return_inverse=True)
-        summed_nd = None
-        if len(shared_d):
-            shared_columns = np.flatnonzero(shared_c)
-            to_genes = sp.csr_matrix((np.ones(len(slot)), (np.arange(len(slot)), slot)),
-                                     shape=(len(slot), len(shared_d)))
-            summed_nd = sp.csr_matrix(x_ng[:, shared_columns] @ to_genes)
-        return cls(x_ng, code_c, inv_median_c, summed_nd, high | (low ^ shared_d), 1.0 / median_t[shared_d],
-                   low, high)
-
-    def of_rows(self, lo: int, hi: int, scale_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(Keys of the stored entries of rows lo..hi, row after row; entries per row)."""
-        keys_k, nnz_n = _keys(self.x_ng, lo, hi, scale_n, self.code_c, self.inv_median_c, self.low)
-        if self.summed_nd is None:
-            return keys_k, nnz_n
-        keys_j, nnz_j = _keys(self.summed_nd, lo, hi, scale_n, self.code_d, self.inv_median_d, self.low)
-        row_k = np.concatenate([np.repeat(np.arange(hi - lo), nnz_n), np.repeat(np.arange(hi - lo), nnz_j)])
-        order = np.argsort(row_k, kind="stable")  # two row-sorted runs: a linear merge
-        return np.concatenate([keys_k, keys_j])[order], nnz_n + nnz_j
+        slot_c = np.full(len(token_c), -1, dtype=np.int32)
+        slot_c[shared_c] = np.searchsorted(shared_d, token_c[shared_c])
+        code_d = high | (low ^ shared_d.astype(np.int64))
+        return cls(code_c, inv_median_c, slot_c, code_d, 1.0 / median_t[shared_d], low, high)
 
 
-def _keys(x_ng: sp.csr_matrix, lo: int, hi: int, scale_n, code_c, inv_median_c, low: int):
-    """(Sort keys of the stored entries of rows lo..hi in CSR order, entries per row)."""
-    start, stop = x_ng.indptr[lo], x_ng.indptr[hi]
-    nnz_n = np.diff(x_ng.indptr[lo : hi + 1])
-    columns_k = x_ng.indices[start:stop]
-    x_norm_k = x_ng.data[start:stop].astype(np.float64)
-    x_norm_k *= np.repeat(scale_n[lo:hi], nnz_n)
-    x_norm_k *= np.take(inv_median_c, columns_k)
-    keys_k = x_norm_k.view(np.int64)  # positive doubles: the bits order like the values
-    keys_k |= low
-    keys_k ^= np.take(code_c, columns_k)
-    return keys_k, nnz_n
+def _encode(x_ng: sp.csr_matrix, scale_n: np.ndarray, columns: _ColumnCodes, prefix_p: np.ndarray, slots: int,
+            eos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Flat int32 tokens of all rows, detected genes per row), rows split between worker threads.
+
+    Each thread encodes a run of consecutive rows holding about the same number of stored counts. The
+    runs write into one buffer, each from where it would start if every stored count were a gene (up
+    to `slots` per row); the runs are then moved together and the buffer cut to size, so nothing is
+    copied when no column was dropped or shared.
+    """
+    indptr, workers = x_ng.indptr, _worker_count()
+    n_rows = len(indptr) - 1
+    inner = np.searchsorted(indptr, indptr[-1] * np.arange(1, workers) // workers)
+    bounds = np.concatenate([[0], np.unique(inner[(inner > 0) & (inner < n_rows)]), [n_rows]])
+    room_n = np.minimum(np.diff(indptr), slots) + len(prefix_p) + (eos >= 0)
+    starts = np.concatenate([[0], np.cumsum(room_n)])[bounds]
+    tokens_t = np.empty(starts[-1], dtype=np.int32)
+    n_genes_n = np.empty(n_rows, dtype=np.int64)
+
+    def run(part: int) -> int:
+        return _encode_rows(indptr, x_ng.indices, x_ng.data, bounds[part], bounds[part + 1], scale_n,
+                            columns.code_c, columns.inv_median_c, columns.slot_c, columns.code_d,
+                            columns.inv_median_d, columns.low, columns.high, prefix_p, slots, eos,
+                            tokens_t, starts[part], n_genes_n)
+
+    if len(bounds) == 2:
+        ends = [run(0)]
+    else:
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            ends = list(pool.map(run, range(len(bounds) - 1)))
+    at = ends[0]
+    for start, end in zip(starts[1:-1], ends[1:]):
+        tokens_t[at : at + end - start] = tokens_t[start:end]  # numpy copies overlapping ranges safely
+        at += end - start
+    if at < len(tokens_t):
+        tokens_t.resize(at, refcheck=False)  # nothing else refers to the buffer
+    return tokens_t, n_genes_n
+
+
+def _worker_count() -> int:
+    """Threads to encode with: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@njit(cache=True, nogil=True)
+def _encode_rows(indptr, indices, data, lo, hi, scale_n, code_c, inv_median_c, slot_c, code_d, inv_median_d,
+                 low, high, prefix_p, slots, eos, tokens_t, at, n_genes_n):
+    """Writes the tokens of rows lo..hi (`prefix_p`, the top `slots` genes, `eos` unless it is -1) into
+    `tokens_t` from `at` on and their detected genes into `n_genes_n`; returns where the tokens end."""
+    width = 0
+    for i in range(lo, hi):
+        width = max(width, indptr[i + 1] - indptr[i])
+    x_norm_k = np.empty(width, dtype=np.float64)
+    bits_k = x_norm_k.view(np.int64)  # positive doubles: the bits order like the values
+    code_k = np.empty(width, dtype=np.int64)
+    keys_k = np.empty(width, dtype=np.int64)
+    spare_k = np.empty(width, dtype=np.int64)
+    summed_d = np.zeros(len(code_d))  # counts of the row's shared genes; 0 = not seen in this row
+    seen_d = np.empty(min(width, len(code_d)), dtype=np.int64)
+    starts_b = np.empty((1 << (_bit_length(width) + 1)) + 1, dtype=np.int64)
+    for i in range(lo, hi):
+        start, n_stored, scale = indptr[i], indptr[i + 1] - indptr[i], scale_n[i]
+        for k in range(n_stored):  # no branch: dropped and shared columns key as no gene below
+            column = indices[start + k]
+            x_norm_k[k] = np.float64(data[start + k]) * scale * inv_median_c[column]
+            code_k[k] = code_c[column]
+        n_genes = 0
+        for k in range(n_stored):
+            key = (bits_k[k] | low) ^ code_k[k]
+            keys_k[n_genes] = key
+            n_genes += _is_gene(key, high)
+        if len(code_d):  # the shared genes: summed, then keyed into the places their columns left
+            n_seen = 0
+            for k in range(start, start + n_stored):
+                slot = slot_c[indices[k]]
+                if slot >= 0:
+                    if summed_d[slot] == 0.0:
+                        seen_d[n_seen] = slot
+                        n_seen += 1
+                    summed_d[slot] += np.float64(data[k])
+            for j in range(n_seen):
+                slot = seen_d[j]
+                x_norm_k[j] = summed_d[slot] * scale * inv_median_d[slot]
+                summed_d[slot] = 0.0
+                key = (bits_k[j] | low) ^ code_d[slot]
+                keys_k[n_genes] = key
+                n_genes += _is_gene(key, high)
+        n_genes_n[i] = n_genes
+        ranked_k = _sort_keys(keys_k[:n_genes], spare_k, starts_b)
+        tokens_t[at : at + len(prefix_p)] = prefix_p
+        at += len(prefix_p)
+        for r in range(min(n_genes, slots)):
+            tokens_t[at + r] = ranked_k[r] & low
+        at += min(n_genes, slots)
+        if eos >= 0:
+            tokens_t[at] = eos
+            at += 1
+    return at
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_gene(key, high):
+    """False for `high | low`, the key of a dropped or shared column or of an x_norm that underflowed to 0.
+
+    A NaN x_norm (which the input checks leave no way to) would key negative and break `_sort_keys`.
+    """
+    return (key >= 0) & (key < high)
+
+
+@njit(cache=True, nogil=True)
+def _sort_keys(keys_k, spare_k, starts_b):
+    """`keys_k` (distinct, non-negative) in ascending order: either `keys_k` itself, sorted in place, or
+    the first len(keys_k) places of `spare_k`; `starts_b` is scratch of 2^(bit_length(len(keys_k)) + 1)
+    + 1 entries or more.
+
+    A counting pass moves the keys into buckets (2 to 4 per key) by their leading bits relative to the
+    smallest key; an insertion sort then only moves keys within their bucket, a step or two each.
+    Buckets of more than `SMALL_SORT` keys (values crowded into a narrow range) are quicksorted first,
+    so that case is never quadratic.
+    """
+    n = len(keys_k)
+    if n <= SMALL_SORT:
+        _insertion_sort(keys_k)
+        return keys_k
+    smallest, largest = keys_k.min(), keys_k.max()
+    shift = max(_bit_length(largest - smallest) - _bit_length(n) - 1, 0)
+    n_buckets = ((largest - smallest) >> shift) + 1
+    starts_b[: n_buckets + 1] = 0
+    for k in range(n):
+        starts_b[((keys_k[k] - smallest) >> shift) + 1] += 1
+    biggest = 0
+    for b in range(n_buckets):
+        biggest = max(biggest, starts_b[b + 1])
+        starts_b[b + 1] += starts_b[b]
+    for k in range(n):  # afterwards starts_b[b] is where bucket b ends
+        b = (keys_k[k] - smallest) >> shift
+        spare_k[starts_b[b]] = keys_k[k]
+        starts_b[b] += 1
+    if biggest > SMALL_SORT:
+        start = 0
+        for b in range(n_buckets):
+            if starts_b[b] - start > SMALL_SORT:
+                spare_k[start : starts_b[b]].sort()
+            start = starts_b[b]
+    _insertion_sort(spare_k[:n])
+    return spare_k[:n]
+
+
+@njit(cache=True, nogil=True)
+def _insertion_sort(keys_k):
+    """Sorts `keys_k` in place: quick when every key is only a few places from its own."""
+    for k in range(1, len(keys_k)):
+        key = keys_k[k]
+        if keys_k[k - 1] > key:  # most keys are in place already: test that once, store nothing
+            j = k - 1
+            while j >= 0 and keys_k[j] > key:
+                keys_k[j + 1] = keys_k[j]
+                j -= 1
+            keys_k[j + 1] = key
+
+
+@njit(cache=True, nogil=True)
+def _bit_length(value):
+    """Bits needed to write the non-negative `value` (0 for 0)."""
+    bits = 0
+    while value >> bits:
+        bits += 1
+    return bits
 
 
 def _positive_csr(x_ng: sp.spmatrix) -> sp.csr_matrix:
     """Canonical CSR counts (one entry per gene and cell) without stored zeros, which would rank as
-    genes; negative values are refused."""
+    genes; negative, NaN and infinite values are refused (the sort keys need finite, positive ones)."""
     x_ng = sp.csr_matrix(x_ng)
     if not x_ng.has_canonical_format:
         x_ng = x_ng.copy()
         x_ng.sum_duplicates()
-    smallest = x_ng.data.min() if x_ng.nnz else 1
+    smallest, largest = (x_ng.data.min(), x_ng.data.max()) if x_ng.nnz else (1, 1)
+    if np.isnan(smallest) or not np.isfinite(largest):
+        raise InputError("the counts hold NaN or infinite values; Geneformer needs raw counts")
     if smallest <= 0:
         if smallest < 0:
             raise InputError("the counts hold negative values; Geneformer needs raw counts")
@@ -311,21 +444,10 @@ def _n_counts(x_ng: sp.csr_matrix, n_counts_n: Optional[np.ndarray]) -> np.ndarr
     if len(n_counts_n) != x_ng.shape[0]:
         raise InputError(f"n_counts has {len(n_counts_n):,} values for {x_ng.shape[0]:,} cells")
     has_counts = np.diff(x_ng.indptr) > 0
-    bad = has_counts & ~(n_counts_n > 0)
+    bad = has_counts & ~((n_counts_n > 0) & np.isfinite(n_counts_n))
     if bad.any():
         raise InputError(
-            f"obs['n_counts'] is zero, negative or missing for {int(bad.sum()):,} cells that have counts; "
-            "recompute it (adata.obs['n_counts'] = adata.X.sum(axis=1)) or drop the column"
+            f"obs['n_counts'] is zero, negative, infinite or missing for {int(bad.sum()):,} cells that have "
+            "counts; recompute it (adata.obs['n_counts'] = adata.X.sum(axis=1)) or drop the column"
         )
     return n_counts_n
-
-
-def _row_chunks(indptr: np.ndarray):
-    """Row ranges holding about `CHUNK_ENTRIES` non-zeros each (at least one row)."""
-    n_rows = len(indptr) - 1
-    lo = 0
-    while lo < n_rows:
-        hi = int(np.searchsorted(indptr, indptr[lo] + CHUNK_ENTRIES, side="right")) - 1
-        hi = min(max(hi, lo + 1), n_rows)
-        yield lo, hi
-        lo = hi
