@@ -80,10 +80,10 @@ if batch_size:
     params["batch_size"] = batch_size
 if "precision" in defaults:
     params["precision"] = st.selectbox("Precision", ["auto", "fp32", "bf16"], help=helps.get("precision"))
-model_params = [k for k in defaults if k not in COMMON]
+model_params = [k for k in helps if k not in COMMON]  # parser options only: variant facts are not knobs
 cols = st.columns(2)
 for i, key in enumerate(model_params):
-    value, where, tip = defaults[key], cols[i % 2], helps.get(key) or None
+    value, where, tip = defaults.get(key), cols[i % 2], helps.get(key) or None
     widget_key = f"param_{model}_{variant}_{key}"
     if key == "batch_key":
         options = ["(none)"] + columns + ["unassigned"]

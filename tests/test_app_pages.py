@@ -98,3 +98,14 @@ def test_pages_without_a_dataset_point_to_the_dataset_page():
     for name in ("validate", "run", "results"):
         at = page(name)
         assert any("Choose a dataset first" in i.value for i in at.info), name
+
+
+def test_run_page_offers_geneformer_perturbation_inputs(small_h5ad):
+    record = Workspace().add_file(small_h5ad)
+    at = page("run", dataset=record.sha256)
+    next(s for s in at.selectbox if s.label == "Model").set_value("geneformer").run()
+    assert not at.exception and not at.error
+    labels = {t.label for t in at.text_input}
+    assert {"feature_deletion", "feature_activation", "feature_map"} <= labels
+    assert "token_dictionary_file" not in labels  # a variant fact, not a parameter
+    assert not next(b for b in at.button if b.label == "Run").disabled
