@@ -40,10 +40,25 @@ def baseline_embedding(
         return np.load(path)
     progress("baseline (PCA)", 0, 1)
     result = run_model(data_path, BASELINE_MODEL, organism=organism, cancel=cancel, input_sha256=sha256)
+    store_baseline(sha256, result.emb_nd)
+    progress("baseline (PCA)", 1, 1)
+    return result.emb_nd
+
+
+def store_baseline(sha256: str, emb_nd: np.ndarray) -> None:
+    """Keep `emb_nd` as the baseline of the dataset `sha256` (written atomically)."""
+    path = baseline_path(sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        np.save(fh, result.emb_nd)
+        np.save(fh, emb_nd)
     os.replace(tmp, path)
-    progress("baseline (PCA)", 1, 1)
-    return result.emb_nd
+
+
+def is_the_baseline(record: dict) -> bool:
+    """Whether a run record describes the baseline itself: the PCA model with its default parameters."""
+    from czb_core.registry import get_model
+
+    config = get_model(BASELINE_MODEL)
+    defaults = config.load_implementation()(config).parameters()
+    return record.get("model") == BASELINE_MODEL and record.get("params") == defaults

@@ -12,14 +12,16 @@ import warnings
 
 import numpy as np
 
+from czb_core.errors import InputError
+
 MIN_PLOT_CLASS = 20  # a rare label keeps this many points, so it stays visible in a subsampled plot
 
 
 def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5) -> np.ndarray:
-    """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out and map to 0."""
+    """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out: an error."""
     n_cells = emb_nd.shape[0]
     if n_cells < 3:
-        return np.zeros((n_cells, 2), dtype=np.float32)
+        raise InputError(f"a UMAP needs at least 3 cells; this run has {n_cells}")
     import umap  # numba compilation on first import: keep it out of module import
 
     reducer = umap.UMAP(

@@ -67,8 +67,8 @@ if label_key not in columns:
 elif split_values and train != test:
     metrics_options.update(split_key=split_key, train=train, test=test)
 
-defaults = config.load_implementation()(config, variant).parameters()
-helps = config.load_implementation()(config, variant).parameter_help()
+default_implementation = config.load_implementation()(config, variant)
+defaults, helps = default_implementation.parameters(), default_implementation.parameter_help()
 COMMON = ("seed", "batch_size", "precision")
 st.markdown("**Parameters**")
 c1, c2, c3 = st.columns(3)

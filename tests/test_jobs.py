@@ -310,3 +310,18 @@ def test_step_seconds_add_up_time_between_step_changes(monkeypatch):
     progress("a", 0, 1)  # t=3: b took 2 s; a again (the baseline pass of the same step)
     progress("c", 0, 1)  # t=4: a took 1 s more
     assert progress.finish() == {"a": 2.0, "b": 2.0, "c": 6.0}  # t=10: c took 6 s
+
+
+def test_a_default_pca_run_becomes_the_cached_baseline(workspace, dataset):
+    from czb_core.baseline import baseline_path
+
+    manager = JobManager(workspace)
+    try:
+        job = wait_for(manager, manager.submit(dataset.sha256, "pca").id, {"done", "failed", "cancelled"}, timeout=180)
+    finally:
+        manager.shutdown()
+    assert job.status == "done", job.error
+    emb_nd, _, _ = read_embedding(job.artifact_dir)
+    np.testing.assert_array_equal(np.load(baseline_path(dataset.sha256)), emb_nd)
+    table = json.loads((job.artifact_dir / "metrics.json").read_text())["table"]
+    assert all(row["delta"] == 0 for row in table)

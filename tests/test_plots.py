@@ -35,3 +35,13 @@ def test_subsample_and_continuous_colour():
     assert len(figure.data) == 2 and all(len(t.x) == 1000 for t in figure.data)
     assert all(t.marker.coloraxis == "coloraxis" for t in figure.data)
     assert figure.data[0].x.dtype == np.float32
+
+
+def test_umap_of_fewer_than_three_cells_is_an_error_not_a_picture():
+    import pytest
+
+    from czb_core.errors import InputError
+    from czb_core.umap import compute_umap
+
+    with pytest.raises(InputError, match="at least 3 cells; this run has 2"):
+        compute_umap(np.ones((2, 5), dtype=np.float32))

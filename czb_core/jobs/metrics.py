@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from czb_core.baseline import baseline_embedding
+from czb_core.baseline import baseline_embedding, is_the_baseline, store_baseline
 from czb_core.errors import CzbError
 from czb_core.run import RunResult
 from czb_core.tasks import run_with_baseline, suggest_columns, to_czbenchmarks_json
@@ -48,8 +48,12 @@ class MetricsStep:
 
     def _score(self, job, result: RunResult, options: dict, progress) -> dict:
         organism = Organism.parse(job.spec.organism) if job.spec.organism else None
-        path = self.workspace.dataset_path(job.spec.dataset_sha256)
-        baseline_nd = baseline_embedding(path, job.spec.dataset_sha256, organism, progress)
+        if is_the_baseline(result.record):  # a default PCA run is the baseline: keep it, don't compute it again
+            store_baseline(job.spec.dataset_sha256, result.emb_nd)
+            baseline_nd = result.emb_nd
+        else:
+            path = self.workspace.dataset_path(job.spec.dataset_sha256)
+            baseline_nd = baseline_embedding(path, job.spec.dataset_sha256, organism, progress)
         dataset = {"name": self.workspace.get(job.spec.dataset_sha256).name,
                    "organism": result.record.get("organism") or ""}
         model = {"type": result.record["model_type"], "variant": result.variant,
