@@ -10,10 +10,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY requirements.txt pyproject.toml ./
+COPY requirements.txt requirements-data.txt pyproject.toml ./
 RUN python3.11 -m venv /app/.venv \
  && /app/.venv/bin/pip install pip==25.3 \
- && /app/.venv/bin/pip install -r requirements.txt
+ && /app/.venv/bin/pip install -r requirements.txt \
+ && /app/.venv/bin/pip install --no-deps -r requirements-data.txt
 COPY . .
 RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && touch /app/.venv/.installed \
  && /app/.venv/bin/czb demo --out data/demo.h5ad

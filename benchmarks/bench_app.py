@@ -37,7 +37,7 @@ def run_job(manager, path: Path):
 
 
 def report_steps(job) -> None:
-    from czb_core.jobs.artifacts import read_record
+    from czb_core.service.jobs.artifacts import read_record
 
     record = read_record(job.artifact_dir)
     created, started, finished = (datetime.fromisoformat(t) for t in (job.created_at, job.started_at, job.finished_at))
@@ -93,7 +93,7 @@ def main() -> None:
     view_path = generated_h5ad(args.view_cells, 2000)
     with tempfile.TemporaryDirectory(prefix="czb_bench_app_") as tmp:
         os.environ["CZB_HOME"] = tmp
-        from czb_core.jobs import JobManager
+        from czb_core.service.jobs import JobManager
 
         manager = JobManager()
         _, job = run_job(manager, run_path)

@@ -1,7 +1,7 @@
-"""Issue 6 figures: Geneformer tokenization on the CPU, and inference on a GPU when there is one.
+"""Issue 6 figures: Geneformer tokenization on the CPU.
 
     python benchmarks/bench_geneformer.py [--cells 20000] [--genes 20000] [--detected 2000]
-                                          [--plain-cells 2000] [--gpu-cells 2000]
+                                          [--plain-cells 2000]
 
 Tokenization: cells per second of the tokenizer on generated counts (a CSR with about `--detected`
 genes per cell over `--genes` genes, a fake V2 dictionary of as many genes) beside a plain per-cell
@@ -11,11 +11,8 @@ one), and the plain loop runs on the first `--plain-cells` cells. The tokenizer'
 state (best of 3 after a warm-up call); the kernel's compile time is reported apart, as the first call
 of fresh processes on a cold and on a filled numba cache (a throwaway cache folder).
 
-Inference: with a CUDA GPU, randomly initialised models of the real V2-104M and V2-316M sizes
-(model-formats.md section 1) on tokens of generated cells: fp32 with eager attention in input order
-(batches of 16, as cz-benchmarks ran) against bf16 autocast with SDPA and length-sorted batches (this
-runner), cells per second and peak GPU memory of each. Without a GPU that part is skipped, and a tiny
-model runs the same comparison on the CPU as a sanity check only.
+Inference (fp32 eager as cz-benchmarks ran against this runner's SDPA and bf16, on a GPU) is measured by
+benchmarks/gpu_suite.py (`make bench-gpu`).
 """
 
 from __future__ import annotations
@@ -33,13 +30,9 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model_runners.geneformer.dictionaries import GeneDictionaries  # noqa: E402
-from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizedCells, TokenizerSpec  # noqa: E402
+from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizerSpec  # noqa: E402
 
-V2_SIZES = {  # model-formats.md section 1
-    "V2-104M": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-    "V2-316M": dict(num_hidden_layers=18, hidden_size=1152, num_attention_heads=18, intermediate_size=4608),
-}
-V2_VOCAB, V2_POSITIONS, INPUT_SIZE = 20275, 4096, 4096
+INPUT_SIZE = 4096
 SPECIALS = ("<pad>", "<mask>", "<cls>", "<eos>")
 
 
@@ -88,7 +81,7 @@ def best_of(repeats: int, fn):
     return min(times), result
 
 
-def bench_tokenization(args) -> TokenizedCells:
+def bench_tokenization(args) -> None:
     x_ng = generated_counts(args.cells, args.genes, args.detected)
     dictionaries, genes = fake_dictionaries(args.genes)
     tokenizer = RankValueTokenizer(dictionaries, TokenizerSpec(INPUT_SIZE, cls_token=2, eos_token=3))
@@ -108,7 +101,6 @@ def bench_tokenization(args) -> TokenizedCells:
     with tempfile.TemporaryDirectory() as cache:
         cold, cached = first_call_seconds(cache), first_call_seconds(cache)
     print(f"  compile    : first call {cold:.1f} s on a cold numba cache, {cached:.2f} s loading from the cache")
-    return cells
 
 
 def first_call_seconds(cache_dir: str) -> float:
@@ -128,75 +120,18 @@ def print_first_call_seconds() -> None:
     print(time.perf_counter() - t0)
 
 
-def bench_inference(args, cells: TokenizedCells) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        print("inference: no CUDA GPU here, GPU part skipped (fp32-eager vs bf16-SDPA at V2-104M/V2-316M sizes)")
-        sanity = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128)
-        sample = cells.take(np.arange(min(64, len(cells))))
-        compare("CPU sanity, tiny 2-layer model", sanity, sample, "cpu", naive_batch=16)
-        return
-    sample = cells.take(np.arange(min(args.gpu_cells, len(cells))))
-    for name, sizes in V2_SIZES.items():
-        compare(f"{name} on {torch.cuda.get_device_name(0)}", sizes, sample, "cuda", naive_batch=16)
-
-
-def compare(title: str, sizes: dict, cells: TokenizedCells, device: str, naive_batch: int) -> None:
-    """fp32 + eager attention in input order vs this runner's encoder (SDPA, bf16 on CUDA, sorted)."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    from model_runners.geneformer.inference import CellEncoder
-
-    config = BertConfig(vocab_size=V2_VOCAB, max_position_embeddings=V2_POSITIONS, hidden_act="relu",
-                        pad_token_id=0, **sizes)
-    print(f"inference, {title}: {len(cells):,} cells, {cells.lengths.mean():,.0f} tokens on average")
-    rows = []
-    for label, attention, precision, batch_size, in_order in (
-            ("fp32 eager, input order", "eager", "fp32", naive_batch, True),
-            ("SDPA, auto precision, length-sorted", "sdpa", "auto", None, False)):
-        torch.manual_seed(0)
-        config._attn_implementation = attention
-        with torch.device(device):
-            model = BertForMaskedLM(config).eval()
-        encoder = CellEncoder(model, emb_layer=-1, device=device, precision=precision)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        if in_order:  # each batch of consecutive cells padded to its own longest cell: no length sorting
-            for start in range(0, len(cells), batch_size):
-                batch = cells.take(np.arange(start, min(start + batch_size, len(cells))))
-                encoder.embed(batch, mode="cls", pad_token=0, has_cls=True, has_eos=True, batch_size=batch_size)
-        else:
-            encoder.embed(cells, mode="cls", pad_token=0, has_cls=True, has_eos=True, batch_size=batch_size)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "n/a (CPU)"
-        rows.append((label, len(cells) / seconds))
-        print(f"  {label:<38s}: {len(cells) / seconds:>8,.1f} cells/s, peak GPU memory {peak}")
-        del model, encoder
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    print(f"  ratio: {rows[1][1] / rows[0][1]:.2f}x cells/s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, default=20_000)
     parser.add_argument("--genes", type=int, default=20_000)
     parser.add_argument("--detected", type=int, default=2_000)
     parser.add_argument("--plain-cells", type=int, default=2_000)
-    parser.add_argument("--gpu-cells", type=int, default=2_000)
     parser.add_argument("--first-call", action="store_true", help=argparse.SUPPRESS)  # see first_call_seconds
     args = parser.parse_args()
     if args.first_call:
         print_first_call_seconds()
         return
-    cells = bench_tokenization(args)
-    bench_inference(args, cells)
+    bench_tokenization(args)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_models(args) -> int:
-    from czb_core.registry import discover_models
-    from czb_core.weights import WeightsCache
+    from czb_core.models.registry import discover_models
+    from czb_core.models.weights import WeightsCache
 
     cache = WeightsCache()
     rows = []
@@ -59,25 +59,43 @@ def cmd_models(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from czb_core.header import read_header
-    from czb_core.registry import get_model
+    from czb_core.io.header import read_header
+    from czb_core.models.compatibility import check_variant
+    from czb_core.models.registry import get_model
 
-    header = read_header(args.data)
-    config = get_model(args.model)
-    validator = config.load_implementation()(config, args.variant)
-    report = validator.check(header, _organism(args.organism))
+    report = check_variant(read_header(args.data), get_model(args.model), args.variant, _organism(args.organism),
+                           _params(args.param))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
     return 0 if report.ok else 1
 
 
+def cmd_params(args) -> int:
+    """A model's parameters, from its schema: name, type, default (for the variant), allowed values, help."""
+    from czb_core.models.registry import get_model
+
+    config = get_model(args.model)
+    variant = config.variant(args.variant)
+    schema = config.load_implementation().param_schema(variant)
+    rows = [{"name": p.name, "type": p.kind, "default": schema.default(p.name), "choices": p.choices,
+             "minimum": p.minimum, "help": p.help} for p in schema]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    print(f"{config.display_name} / {variant.name} (set with --param NAME=VALUE)")
+    for r in rows:
+        allowed = f" one of {', '.join(map(str, r['choices']))};" if r["choices"] else ""
+        print(f"  {r['name']:20s} {r['type']:7s} default {r['default']!r};{allowed} {r['help']}")
+    return 0
+
+
 def _run_and_write(args, params: dict):
     """Run the model with progress on stderr, report the validation problems, write `--out`."""
+    from czb_core.models.pipeline import embed_file, write_run_h5ad
     from czb_core.progress import StderrProgress
-    from czb_core.run import run_model, write_run_h5ad
 
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    result = run_model(
+    result = embed_file(
         args.data, args.model, args.variant, organism=_organism(args.organism), params=params,
         weights=args.weights, device=args.device, progress=StderrProgress(),
     )
@@ -113,9 +131,9 @@ def cmd_perturb(args) -> int:
     return 0
 
 
-def _benchmark_baseline(args, adata) -> "np.ndarray":
+def _benchmark_baseline(args, adata):
     """The PCA baseline of the file, or of the original input named in its run record (slim h5ad)."""
-    from czb_core.baseline import baseline_embedding
+    from czb_core.tasks.baseline import baseline_embedding
 
     if adata.n_vars > 0:
         return baseline_embedding(args.data, organism=_organism(args.organism))
@@ -130,10 +148,14 @@ def _benchmark_baseline(args, adata) -> "np.ndarray":
 
 
 def cmd_benchmark(args) -> int:
+    """Score an embedding in a file (beside the PCA baseline), with progress and every warning on stderr."""
     import numpy as np
+    import pandas as pd
 
-    from czb_core.reading import read_anndata
-    from czb_core.tasks import results_table, run_tasks, run_with_baseline, to_czbenchmarks_json
+    from czb_core.io.reading import read_anndata
+    from czb_core.progress import StderrProgress
+    from czb_core.tasks import NO_BATCH, MetricOptions
+    from czb_core.tasks.scoring import score_embedding
 
     adata = read_anndata(args.data) if Path(args.data).suffix == ".h5" else _read_any_h5ad(args.data)
     if args.embedding not in adata.obsm:
@@ -143,33 +165,28 @@ def cmd_benchmark(args) -> int:
     model = {"type": record.get("model_type", args.embedding), "variant": record.get("variant", ""),
              "name_display": record.get("display_name", args.embedding)}
     dataset = {"name": Path(args.data).name, "organism": record.get("organism", "")}
-    options = dict(label_key=args.label_key, batch_key=args.batch_key, split_key=args.split_key,
-                   train_value=args.train, test_value=args.test, tasks=args.tasks, seed=args.seed,
-                   max_cells=args.max_cells, model=model, dataset=dataset)
+    options = MetricOptions(label_key=args.label_key, batch_key=args.batch_key or NO_BATCH, split_key=args.split_key,
+                            train=args.train, test=args.test, tasks=args.tasks, seed=args.seed,
+                            max_cells=args.max_cells)
+    baseline = None if args.no_baseline else (lambda: _benchmark_baseline(args, adata))
     try:
-        if args.no_baseline:
-            model_results, baseline_results = run_tasks(emb_nd, adata.obs, **options), []
-            table = results_table(model_results, baseline_results)
-        else:
-            model_results, baseline_results, table = run_with_baseline(
-                emb_nd, _benchmark_baseline(args, adata), adata.obs, **options)
+        document = score_embedding(emb_nd, adata.obs, options, baseline, model=model, dataset=dataset,
+                                   progress=StderrProgress())
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
-    document = {"model": to_czbenchmarks_json(model_results, cli_args),
-                "baseline": to_czbenchmarks_json(baseline_results, cli_args) if baseline_results else None,
-                "table": table.to_dict("records")}
+    for warning in document["warnings"]:
+        print(f"[czb] warning: {warning}", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(json.dumps(document, indent=2, default=str))
     if args.json:
         print(json.dumps(document, indent=2, default=str))
     else:
-        subsampled = [r for r in model_results if r.subsampled]
-        if subsampled:
-            r = subsampled[0]
-            print(f"metrics on a stratified subsample of {r.n_used:,} of {r.n_total:,} cells (seed {args.seed})")
-        with_baseline = table.drop(columns=[] if baseline_results else ["baseline", "delta", "better"])
-        print(with_baseline.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if document["subsampled"]:
+            print(f"metrics on a stratified subsample of {document['n_used']:,} of {document['n_total']:,} cells "
+                  f"(seed {args.seed})")
+        table = pd.DataFrame(document["table"])
+        shown = table if document["baseline"] else table.drop(columns=["baseline", "delta", "better"])
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -177,7 +194,7 @@ def _read_any_h5ad(path: str):
     """An h5ad, also a slim one without genes (our run outputs), which `read_anndata` would refuse."""
     import anndata as ad
 
-    from czb_core.reading import check_readable
+    from czb_core.io.reading import check_readable
 
     try:
         return ad.read_h5ad(check_readable(path))
@@ -188,7 +205,7 @@ def _read_any_h5ad(path: str):
 
 
 def cmd_demo(args) -> int:
-    from czb_core.synthetic import write_demo
+    from czb_core.io.synthetic import write_demo
 
     path = write_demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
     print(f"wrote {path}")
@@ -208,8 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--variant")
     p.add_argument("--organism", help="e.g. homo_sapiens; detected from gene ids when omitted")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("params", help="list a model's parameters with their defaults")
+    p.add_argument("model")
+    p.add_argument("--variant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("run", help="embed a dataset with a model and write a slim h5ad")
     p.add_argument("data")

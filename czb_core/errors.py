@@ -34,3 +34,11 @@ class ConfigError(CzbError):
 
 class Cancelled(CzbError):
     """Raised between batches when a run's cancel token is set."""
+
+
+class DeviceOutOfMemory(CzbError):
+    """The GPU ran out of memory at `batch_size` (the batch size the runner had in use)."""
+
+    def __init__(self, batch_size: int):
+        super().__init__(f"CUDA out of memory at batch size {batch_size}")
+        self.batch_size = batch_size

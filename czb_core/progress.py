@@ -41,22 +41,35 @@ class CancelToken:
             raise Cancelled("run cancelled")
 
 
+class Throttle:
+    """Lets a progress report through on a step change or a step's end, else at most every `interval`
+    seconds, so a fast batch loop neither floods a terminal nor hammers a database."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._step: Optional[str] = None
+        self._last = 0.0
+
+    def allow(self, step: str, done: float, total: Optional[float]) -> bool:
+        now = self.clock()
+        finished = total is not None and done >= total
+        if step == self._step and not finished and now - self._last < self.interval:
+            return False
+        self._step, self._last = step, now
+        return True
+
+
 class StderrProgress:
     """Prints one line per step change and at most one update per `interval` seconds."""
 
     def __init__(self, stream=None, interval: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.stream = stream or sys.stderr
-        self.interval = interval
-        self.clock = clock
-        self._last_step: Optional[str] = None
-        self._last_time = 0.0
+        self.throttle = Throttle(interval, clock)
 
     def __call__(self, step: str, done: float, total: Optional[float]) -> None:
-        now = self.clock()
-        finished = total is not None and done >= total
-        if step == self._last_step and not finished and now - self._last_time < self.interval:
+        if not self.throttle.allow(step, done, total):
             return
-        self._last_step, self._last_time = step, now
         if total:
             line = f"[czb] {step}: {done:,.0f}/{total:,.0f} ({100 * done / total:.0f}%)"
         else:

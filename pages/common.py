@@ -11,11 +11,11 @@ from typing import Optional
 import streamlit as st
 
 from czb_core.config import get_settings
-from czb_core.header import DatasetHeader, read_header
-from czb_core.jobs import JobManager
-from czb_core.registry import discover_models
+from czb_core.io.header import DatasetHeader, read_header
+from czb_core.service.jobs import JobManager
+from czb_core.models.compatibility import compatibility_matrix
 from czb_core.types import Organism
-from czb_core.workspace import DatasetRecord, Workspace
+from czb_core.service.workspace import DatasetRecord, Workspace
 
 
 @st.cache_resource
@@ -87,9 +87,5 @@ def all_reports(path: str, sha256: str, organism_latin: Optional[str]) -> dict[s
     """Validation report (as dict) of every model variant, keyed "model / variant"."""
     header = dataset_header(path, sha256)
     given = Organism.parse(organism_latin) if organism_latin else None
-    reports = {}
-    for name, cfg in discover_models().items():
-        implementation = cfg.load_implementation()
-        for variant in cfg.variants:
-            reports[f"{name} / {variant}"] = implementation(cfg, variant).check(header, given).to_dict()
-    return reports
+    return {f"{verdict.model} / {variant}": report.to_dict()
+            for verdict in compatibility_matrix(header, given) for variant, report in verdict.reports.items()}

@@ -9,9 +9,10 @@ import streamlit as st
 
 from czb_core.config import get_settings
 from czb_core.errors import CzbError
-from czb_core.genes import detect_gene_ids
-from czb_core.qc import per_cell_qc
-from czb_core.synthetic import write_demo
+from czb_core.schema.data_manager import DataManager
+from czb_core.schema.genes import detect_gene_ids
+from czb_core.viz.qc import per_cell_qc
+from czb_core.io.synthetic import write_demo
 from czb_core.tasks.column_roles import suggest_columns
 from pages.common import current_dataset, current_user, dataset_header, remember, workspace
 
@@ -112,7 +113,7 @@ def qc_table(path: str, sha256: str, location: str) -> pd.DataFrame:
     return per_cell_qc(path, location)
 
 
-qc = qc_table(str(record.path), record.sha256, header.counts_location or "X")
+qc = qc_table(str(record.path), record.sha256, DataManager(header).matrix_location)
 q1, q2 = st.columns(2)
 q1.plotly_chart(px.histogram(qc, x="total_counts", nbins=60, title="Counts per cell"), use_container_width=True)
 q2.plotly_chart(px.histogram(qc, x="n_genes", nbins=60, title="Genes per cell"), use_container_width=True)

@@ -8,12 +8,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from czb_core import exports
-from czb_core.jobs import artifacts
-from czb_core.jobs.metrics import METRICS_JSON
-from czb_core.plots import Panel, umap_grid
+from czb_core.service.jobs import artifacts
+from czb_core.viz.plots import Panel, umap_grid
 from czb_core.tasks.column_roles import suggest_columns
-from pages.common import dataset_header, job_manager, require_dataset
+from czb_core.tasks.comparison import compare_runs
+from pages.common import current_user, dataset_header, job_manager, require_dataset
 
 MAX_POINTS = 200_000
 
@@ -73,9 +72,32 @@ st.subheader("Metrics")
 
 
 @st.cache_data(max_entries=32)
-def load_metrics(artifact_dir: str) -> dict:
-    path = Path(artifact_dir) / METRICS_JSON
-    return json.loads(path.read_text()) if path.exists() else {"error": "no metrics were computed for this run"}
+def load_metrics(document_path: str) -> dict:
+    return json.loads(Path(document_path).read_text())
+
+
+def latest_metrics(job_id: str) -> dict:
+    """The newest finished scoring of a run; a note while one is running or when scoring failed."""
+    scores = manager.scores(job_id)
+    for score in scores:
+        if score.status == "done":
+            return load_metrics(str(score.document_path))
+    if any(s.status in ("queued", "running") for s in scores):
+        return {"error": "scoring is running; this page shows the metrics once it is done"}
+    return {"error": scores[0].error if scores else "no metrics were computed for this run"}
+
+
+def rescore_form(job_id: str) -> None:
+    """Score this embedding with other columns: a new scoring run, no new embedding."""
+    with st.expander("Score with other columns (reuses the embedding)"):
+        c1, c2 = st.columns(2)
+        label = c1.selectbox("Label column", columns_of_dataset, key=f"rescore_label_{job_id}",
+                             index=columns_of_dataset.index(roles.label) if roles.label in columns_of_dataset else 0)
+        batch = c2.selectbox("Batch column", ["(none)"] + columns_of_dataset, key=f"rescore_batch_{job_id}")
+        if st.button("Score", key=f"rescore_go_{job_id}"):
+            manager.rescore(job_id, {"label_key": label, "batch_key": False if batch == "(none)" else batch},
+                            owner=current_user())
+            st.info("Scoring queued; reload this page in a moment.")
 
 
 def style_table(table: pd.DataFrame):
@@ -87,18 +109,20 @@ def style_table(table: pd.DataFrame):
     return table.style.apply(colour, axis=1).format(precision=4, na_rep="—")
 
 
-metrics_by_run = {job_id: load_metrics(str(jobs[job_id].artifact_dir)) for job_id in chosen}
+columns_of_dataset = list(header.obs.columns)
+metrics_by_run = {job_id: latest_metrics(job_id) for job_id in chosen}
 tabs = st.tabs([labels[j] for j in chosen] + (["Comparison"] if len(chosen) > 1 else []))
 for tab, job_id in zip(tabs, chosen):
     document = metrics_by_run[job_id]
     with tab:
-        if "error" in document or "skipped" in document:
-            st.warning(f"Metrics: {document.get('error') or 'skipped ' + document['skipped']}")
+        rescore_form(job_id)
+        if "error" in document:
+            st.warning(f"Metrics: {document['error']}")
             continue
         options = document["options"]
-        st.caption(" · ".join(f"{k}: {v}" for k, v in options.items()) +
-                   (f" · a stratified subsample of {document['n_used']:,} of {document['n_total']:,} cells"
-                    if document["n_used"] < document["n_total"] else ""))
+        st.caption(" · ".join(f"{k}: {v}" for k, v in options.items() if v not in (None, False)))
+        for warning in document.get("warnings", []):
+            st.caption(f"Note: {warning}")
         table = pd.DataFrame(document["table"])
         st.dataframe(style_table(table), hide_index=True, use_container_width=True)
         confusion = document["extra"].get("cross_split", {}).get("confusion_matrices", {})
@@ -116,15 +140,8 @@ for tab, job_id in zip(tabs, chosen):
                            "application/json", key=f"json_{job_id}")
 if len(chosen) > 1:
     with tabs[-1]:
-        rows = {}
-        for job_id in chosen:
-            document = metrics_by_run[job_id]
-            for row in document.get("table", []):
-                key = (row["task"], row["metric"])
-                rows.setdefault(key, {"PCA baseline": row["baseline"]})[labels[job_id]] = row["model"]
-        if rows:
-            comparison = pd.DataFrame.from_dict(rows, orient="index")
-            comparison.index = pd.MultiIndex.from_tuples(comparison.index, names=["task", "metric"])
+        comparison = compare_runs({labels[job_id]: metrics_by_run[job_id] for job_id in chosen})
+        if not comparison.empty:
             st.caption("Higher is better for every metric; the best value of each row is highlighted.")
             st.dataframe(comparison.style.highlight_max(axis=1, color="#c8e6c9").format(precision=4, na_rep="—"),
                          use_container_width=True)
@@ -132,9 +149,9 @@ if len(chosen) > 1:
 st.subheader("Downloads")
 d1, d2, d3 = st.columns([2, 1, 1])
 job_id = d1.selectbox("Run", chosen, format_func=labels.get, key="download_run")
-fmt = d2.selectbox("Format", list(exports.FORMATS), key="download_format")
+fmt = d2.selectbox("Format", list(artifacts.FORMATS), key="download_format")
 artifact_dir = Path(jobs[job_id].artifact_dir)
-name, mime, data = exports.export_bytes(artifact_dir, fmt)
+name, mime, data = artifacts.export_bytes(artifact_dir, fmt)
 d3.download_button(f"Download {fmt}", data, file_name=f"{record.name.rsplit('.', 1)[0]}_{name}", mime=mime,
                    type="primary")
 with st.expander("Run record"):

@@ -8,10 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from czb_core.errors import CzbError
-from czb_core.registry import discover_models
+from czb_core.models.compatibility import check_variant
+from czb_core.models.registry import discover_models
+from czb_core.tasks import NO_BATCH, MetricOptions, suggest_columns
 from czb_core.types import Organism
-from czb_core.tasks import suggest_columns
 from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset
+from pages.params_form import parameter_form
 
 st.title("Run")
 record = require_dataset()
@@ -32,7 +34,7 @@ with right:
     if weights is None:
         weights_line = "none needed"
     else:
-        from czb_core.weights import WeightsCache
+        from czb_core.models.weights import WeightsCache
 
         size = f"{variant_config.weights_size_mb:,.0f} MB, " if variant_config.weights_size_mb else ""
         weights_line = f"{size}{'cached' if WeightsCache().is_cached(weights) else 'not cached'} (`{weights}`)"
@@ -60,54 +62,23 @@ with st.expander("Metrics: which obs columns hold labels, batches and splits", e
     train = s2.selectbox("Train on", split_values, disabled=not split_values)
     test = s3.selectbox("Test on", split_values, index=min(1, max(0, len(split_values) - 1)),
                         disabled=not split_values)
-metrics_options = {"label_key": label_key if label_key in columns else None,
-                   "batch_key": batch_key if batch_key in columns else None}
-if label_key not in columns:
-    metrics_options = {"skip": True}
-elif split_values and train != test:
-    metrics_options.update(split_key=split_key, train=train, test=test)
+score = label_key in columns
+split = split_values and train != test
+metrics_options = MetricOptions(label_key=label_key if score else None,
+                                batch_key=batch_key if batch_key in columns else NO_BATCH,  # "(none)" stays none
+                                split_key=split_key if split else None, train=train if split else None,
+                                test=test if split else None)
 
-default_implementation = config.load_implementation()(config, variant)
-defaults, helps = default_implementation.parameters(), default_implementation.parameter_help()
-COMMON = ("seed", "batch_size", "precision")
 st.markdown("**Parameters**")
-c1, c2, c3 = st.columns(3)
-device = c1.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
-params: dict = {"seed": int(c2.number_input("Seed", value=int(defaults.get("seed") or 0), step=1))}
-batch_size = int(c3.number_input("Batch size (0 = model default)", value=int(defaults.get("batch_size") or 0),
-                                 min_value=0, step=1))
-if batch_size:
-    params["batch_size"] = batch_size
-if "precision" in defaults:
-    params["precision"] = st.selectbox("Precision", ["auto", "fp32", "bf16"], help=helps.get("precision"))
-model_params = [k for k in helps if k not in COMMON]  # parser options only: variant facts are not knobs
-cols = st.columns(2)
-for i, key in enumerate(model_params):
-    value, where, tip = defaults.get(key), cols[i % 2], helps.get(key) or None
-    widget_key = f"param_{model}_{variant}_{key}"
-    if key == "batch_key":
-        options = ["(none)"] + columns + ["unassigned"]
-        chosen_key = where.selectbox("batch_key", options, help=tip, key=widget_key)
-        if chosen_key != "(none)":
-            params[key] = chosen_key
-    elif key == "batch_columns":
-        chosen_columns = where.multiselect("batch_columns", columns, help=tip, key=widget_key)
-        if chosen_columns:
-            params[key] = ",".join(chosen_columns)
-    elif isinstance(value, bool):
-        params[key] = where.checkbox(key, value=value, help=tip, key=widget_key)
-    elif isinstance(value, (int, float)):
-        params[key] = where.number_input(key, value=value, help=tip, key=widget_key)
-    else:
-        text = where.text_input(key, value="" if value in (None, (), {}) else str(value), help=tip, key=widget_key)
-        if text.strip():
-            params[key] = text.strip()
-
-try:  # validation with the chosen parameters: they can change what the model needs (e.g. batch columns)
-    implementation = config.load_implementation()(config, variant, **params)
-    report = implementation.check(header, Organism.parse(organism_name) if organism_name else None).to_dict()
+device = st.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
+schema = config.load_implementation().param_schema(variant_config)
+try:
+    params = parameter_form(schema, columns, key_prefix=f"param_{model}_{variant}")
+    # validation with the chosen parameters: they can change what the model needs (e.g. batch columns)
+    report = check_variant(header, config, variant, Organism.parse(organism_name) if organism_name else None,
+                           params).to_dict()
 except CzbError as exc:
-    report = {"ok": False, "problems": [{"severity": "error", "message": str(exc), "fix": ""}]}
+    params, report = {}, {"ok": False, "problems": [{"severity": "error", "message": str(exc), "fix": ""}]}
 blocked = not report["ok"]
 if blocked:
     for problem in (p for p in report["problems"] if p["severity"] == "error"):
@@ -115,11 +86,9 @@ if blocked:
     st.caption("A blocking check fails for this model and these parameters; 2. Validate lists the fixes.")
 submitted = st.button("Run", type="primary", disabled=blocked)
 if submitted:
-    if device != "auto":
-        params["device"] = device
     try:
         job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
-                             params=params, metrics=metrics_options)
+                             params=params, metrics=metrics_options, device=device, score=score)
     except CzbError as exc:
         st.error(str(exc))
         st.stop()
@@ -162,13 +131,20 @@ def job_panel(job_id: str) -> None:
     for note in job.notes:
         st.caption(f"Note: {note}")
     if job.status == "done":
-        st.success("Done.")
+        scores = manager.scores(job.id)
+        scoring = [s for s in scores if s.status in ("queued", "running")]
+        if scoring:
+            st.info(f"Embedding done; scoring beside the PCA baseline ({scoring[0].step or 'starting'}).")
+        else:
+            st.success("Done." + (f" Metrics: {scores[0].error}" if scores and scores[0].error else ""))
         st.page_link("pages/results.py", label="See the results", icon="📊")
     elif job.status in ("failed", "cancelled", "interrupted"):
         (st.error if job.status == "failed" else st.warning)(job.error or job.message or job.status)
         if st.button("Run again", key=f"retry_{job.id}"):
             remember("job", manager.retry(job.id).id)
             st.rerun(scope="app")
+    if job.status == "done" and any(s.status in ("queued", "running") for s in manager.scores(job.id)):
+        return  # keep polling until the scoring is done too
     if job.is_finished and st.session_state.get("_last_status") not in (None, job.status):
         st.session_state["_last_status"] = job.status
         st.rerun(scope="app")

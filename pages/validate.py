@@ -4,12 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from czb_core.errors import CzbError
-from czb_core.fixes import make_batch_key, map_symbols_to_ids, use_var_column_as_gene_ids
-from czb_core.reading import read_anndata
+from czb_core.schema.report import CHECKS
 from czb_core.types import Organism
-from czb_core.validation import CHECKS
-from pages.common import (all_reports, current_user, dataset_header, recall, remember, require_dataset,
-                          workspace)
+from pages.common import all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset
 
 STATUS_STYLE = {"ok": "background-color:#c8e6c9", "info": "background-color:#c8e6c9",
                 "warning": "background-color:#ffe0b2", "error": "background-color:#ffcdd2",
@@ -53,32 +50,43 @@ for key, rep in reports.items():
 
 st.subheader("Fixes")
 st.caption("Each fix writes a new version of the dataset; the original file is never changed.")
+fixes = job_manager().fixes
 
 
-def new_version(adata, note: str) -> None:
-    version = workspace().add_anndata(adata, name=f"{record.name} ({note})", owner=current_user(),
-                                      parent_sha256=record.sha256, note=note)
-    remember("dataset", version.sha256)
-    st.rerun()
+def start_fix(fix: str, **args) -> None:
+    remember("fix", fixes.submit(record.sha256, fix, owner=current_user(), **args))
+
+
+@st.fragment(run_every="2s")
+def fix_panel(fix_id: str) -> None:
+    try:
+        result = fixes.result(fix_id)
+    except KeyError:  # the server restarted: the fix is gone, the dataset is unchanged
+        remember("fix", None)
+        return
+    except CzbError as exc:
+        st.error(str(exc))
+        remember("fix", None)
+        return
+    if result is None:
+        st.info("Applying the fix…")
+        return
+    remember("fix", None)
+    if result.mapping_csv is not None:
+        st.session_state["mapping_report"] = (result.mapping_summary, result.mapping_csv)
+    remember("dataset", result.record.sha256)
+    st.rerun(scope="app")
 
 
 with st.expander("Use a var column as the gene names"):
     column = st.selectbox("var column", list(header.var.columns) or ["(none)"], key="fix_column")
     if st.button("Create version", key="fix_column_go", disabled=header.var.empty):
-        try:
-            new_version(use_var_column_as_gene_ids(read_anndata(record.path), column), f"genes from var['{column}']")
-        except CzbError as exc:
-            st.error(str(exc))
+        start_fix("var_column_as_genes", column=column)
 
 with st.expander("Map gene symbols to Ensembl ids (human)"):
     source = st.selectbox("Symbols are in", ["var_names"] + list(header.var.columns), key="fix_symbols")
     if st.button("Map and create version", key="fix_symbols_go"):
-        try:
-            adata, report = map_symbols_to_ids(read_anndata(record.path), None if source == "var_names" else source)
-            st.session_state["mapping_report"] = (report.summary(), report.to_csv())
-            new_version(adata, "symbols mapped to Ensembl ids")
-        except CzbError as exc:
-            st.error(str(exc))
+        start_fix("symbols_to_ids", column=None if source == "var_names" else source)
     if "mapping_report" in st.session_state:
         summary, csv = st.session_state["mapping_report"]
         st.write(summary)
@@ -88,9 +96,9 @@ with st.expander("Build a batch key from obs columns"):
     chosen_cols = st.multiselect("obs columns", list(header.obs.columns), key="fix_batch_cols")
     key = st.text_input("New obs column", "batch", key="fix_batch_key")
     if st.button("Create version", key="fix_batch_go", disabled=not chosen_cols):
-        try:
-            new_version(make_batch_key(read_anndata(record.path), chosen_cols, key), f"obs['{key}'] from {chosen_cols}")
-        except CzbError as exc:
-            st.error(str(exc))
+        start_fix("batch_key", columns=chosen_cols, key=key)
+
+if recall("fix"):
+    fix_panel(recall("fix"))
 
 st.page_link("pages/run.py", label="Next: run a model", icon="▶️")

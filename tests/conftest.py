@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import anndata as ad
-import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from czb_core.synthetic import make_synthetic_counts
+from czb_core.io.synthetic import make_synthetic_counts
 
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.helpers.s3_server"]
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +44,12 @@ def small_h5ad(small_adata, write_h5ad):
     return write_h5ad(small_adata, "small.h5ad")
 
 
-def log_normalised(adata: ad.AnnData) -> ad.AnnData:
-    """A copy whose X is log1p of CP10k: what many public files hold instead of counts."""
-    out = adata.copy()
-    x = out.X.astype(np.float32)
-    x = sp.diags(1e4 / np.asarray(x.sum(axis=1)).ravel()) @ x
-    x.data = np.log1p(x.data)
-    out.X = sp.csr_matrix(x)
-    return out
+LANES = ("unit", "integration", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test is marked with its folder's lane (`-m unit` is the fast lane; `make test` runs all)."""
+    for item in items:
+        for lane in LANES:
+            if f"/tests/{lane}/" in str(item.fspath):
+                item.add_marker(lane)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
+from threadpoolctl import threadpool_limits
 
 from czb_core.tasks.classifiers import make_classifiers
 from czb_core.tasks.results import MetricResult
@@ -56,7 +57,8 @@ def cross_split_transfer(
     params = {"train": str(train_value), "test": str(test_value)}
     rows, confusion = {}, {}
     for name, classifier in make_classifiers(seed, CLASSIFIERS).items():
-        pred_n = classifier.fit(emb_nd[train_n], labels[train_n]).predict(emb_nd[test_n])
+        with threadpool_limits(limits=1):  # 2 BLAS/OpenMP threads on a busy machine slow these fits 10-80x
+            pred_n = classifier.fit(emb_nd[train_n], labels[train_n]).predict(emb_nd[test_n])
         rows[name] = {
             "accuracy": accuracy_score(true_n, pred_n),
             "f1": f1_score(true_n, pred_n, average="macro", zero_division=0),

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scipy.sparse as sp
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.neighbors import NearestNeighbors
+
+from czb_core.tasks.fuzzy_graph import umap_connectivities
 
 CLUSTERING_K = 15
 ENTROPY_K = 200
@@ -69,32 +68,20 @@ def _put_self_first(indices_nk: np.ndarray, distances_nk: np.ndarray) -> None:
     distances_nk[:, 0] = 0.0
 
 
-class _PrecomputedKnn(TransformerMixin, BaseEstimator):
-    """Hands scanpy our neighbours through its public `transformer=` hook instead of a new search."""
-
-    def __init__(self, knn: KnnGraph, n_neighbors: int):
-        self.knn = knn
-        self.n_neighbors = n_neighbors
-
-    def fit_transform(self, x, y=None):
-        indices_nk, distances_nk = self.knn.head(self.n_neighbors)
-        n_cells, k = indices_nk.shape
-        # Entries stay in nearest-first order with self (an explicit 0) first, as scanpy reads them.
-        return sp.csr_matrix(
-            (distances_nk.ravel(), indices_nk.ravel(), np.arange(0, n_cells * k + 1, k)),
-            shape=(n_cells, n_cells),
-        )
-
-
 def neighbors_adata(emb_nd: np.ndarray, knn: KnnGraph, seed: int) -> ad.AnnData:
-    """A bare AnnData with scanpy's k=15 UMAP connectivities, as `sc.pp.neighbors(adata)` computes them.
+    """A bare AnnData holding what `sc.pp.neighbors(adata, random_state=seed)` stores for k=15.
 
-    scanpy's own k=15 search keeps the cell itself plus its 14 nearest; we pass the same 15 columns,
-    so the fuzzy-simplicial-set connectivities are scanpy's, built on exact instead of approximate
-    neighbours.
+    scanpy's k=15 search keeps the cell itself plus its 14 nearest; the same 15 columns of our exact
+    graph give scanpy's UMAP connectivities (`fuzzy_graph.py`), so `sc.tl.leiden` finds the graph
+    where it looks for it. The seed is only recorded, as scanpy records it: no search is run.
     """
+    k = min(CLUSTERING_K, knn.k)
+    indices_nk, distances_nk = knn.head(k)
     adata = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(emb_nd.shape[0]).astype(str)))
     adata.obsm["emb"] = emb_nd
-    k = min(CLUSTERING_K, knn.k)
-    sc.pp.neighbors(adata, use_rep="emb", transformer=_PrecomputedKnn(knn, k), random_state=seed)
+    adata.obsp["connectivities"] = umap_connectivities(indices_nk, distances_nk)
+    adata.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "params": {"n_neighbors": k, "method": "umap", "random_state": seed, "metric": "euclidean", "use_rep": "emb"},
+    }
     return adata

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from czb_core.errors import ConfigError, WeightsError
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
-from model_runners.geneformer.tokenizer import TokenizedCells
+
+if TYPE_CHECKING:  # an annotation only: the tokenizer module needs numba, which a bare GPU python lacks
+    from model_runners.geneformer.tokenizer import TokenizedCells
 
 CPU_BATCH_SIZE = 16
 MAX_AUTO_BATCH = 256

@@ -2,9 +2,9 @@
 
 Two weights entries per variant: `model` (the checkpoint folder) and `dictionaries` (the gene
 dictionaries every variant of a family shares). Per-variant facts (dictionary file names, special
-tokens, input size, whether `<cls>`/`<eos>` are added) are variant params in `config.yaml`, so the
-code holds no variant table. A run tokenizes all cells, embeds them, and with perturbation params
-also embeds the perturbed cells and stores the cosine shift in `obs["perturbation_shift"]`.
+tokens, input size, whether `<cls>`/`<eos>` are added) are variant `resources` in `config.yaml`, so
+the code holds no variant table. `prepare` tokenizes the cells (and the perturbed cells, with
+perturbation params); `embed` embeds them and stores the cosine shift in `obs["perturbation_shift"]`.
 
 Cells with no gene in the vocabulary cannot be embedded (V1 has no token to read at all, and a V2
 `<cls><eos>` sequence says nothing about the cell), so a run refuses them with a count and a fix
@@ -13,23 +13,26 @@ instead of inventing embeddings; the validator reports them before the run whene
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from czb_core.datasets import SingleCellDataset
-from czb_core.errors import ConfigError, WeightsError
-from czb_core.header import DatasetHeader, header_from_anndata
-from czb_core.model import BaseModelImplementation
-from czb_core.types import DataType, ModelType, Organism
-from czb_core.validation import Severity, ValidationReport
-from czb_core.validators import BaseSingleCellValidator
+from czb_core.errors import ConfigError
+from czb_core.models.base import BaseModelImplementation
+from czb_core.models.params import Param
+from czb_core.models.runner import RunOutput
+from czb_core.schema.data_manager import DataManager
+from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.types import ModelType, Organism
 from model_runners.geneformer.dictionaries import DictionaryFiles, GeneDictionaries, load_dictionaries
 from model_runners.geneformer.perturbation import gene_list, resolve_perturbation, token_map
 from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizedCells, TokenizerSpec, detected_genes
 
 SHIFT_COLUMN = "perturbation_shift"
+DICTIONARIES = "dictionaries"  # the weights entry of the gene dictionaries
 NO_TOKENS_FIX = (
     "filter cells without detected genes first, e.g. sc.pp.filter_cells(adata, min_genes=1) after keeping "
     "Geneformer's genes; such cells carry nothing for the model to rank"
@@ -37,9 +40,9 @@ NO_TOKENS_FIX = (
 
 
 class GeneformerValidator(BaseSingleCellValidator):
-    """Human, Ensembl ids, raw counts; vocabulary and token checks once the dictionaries are cached.
+    """Human, Ensembl ids, raw counts; the vocabulary check once the dictionaries are on disk.
 
-    Mixed into `Geneformer`, whose variant config and weights cache it reads.
+    Mixed into `Geneformer`, whose variant config it reads.
     """
 
     model_type = ModelType.GENEFORMER
@@ -49,162 +52,139 @@ class GeneformerValidator(BaseSingleCellValidator):
     gene_id_kind = "ensembl"
     requires_raw_counts = True
 
-    def cached_dictionaries(self) -> Optional[GeneDictionaries]:
-        """The variant's dictionaries when the weights cache already holds them, else None (never downloads).
-
-        A cached copy that cannot be read also gives None here: validation goes on, and the run reports
-        the `WeightsError` with its fix.
-        """
-        uri = self.dictionaries_uri()
-        if not self.weights_cache.is_cached(uri):
-            return None
-        try:
-            return self.load_dictionaries(self.weights_cache.fetch(uri))
-        except WeightsError:
-            return None
-
-    def vocabulary(self) -> Optional[set[str]]:
-        """Names the tokenizer places on a gene token (Ensembl ids, retired ids, symbols), if cached."""
-        dictionaries = self.cached_dictionaries()
-        return None if dictionaries is None else dictionaries.accepted_names
-
-    def check(self, header: DatasetHeader, organism: Optional[Organism] = None) -> ValidationReport:
-        """The base checks plus cells without tokens, as far as the header shows them (empty rows)."""
-        report = super().check(header, organism)
-        if "vocabulary" not in report.checks_run:
-            report.facts["vocabulary"] = "not checked yet: the gene dictionaries download with the first run"
+    def check(self, data, organism: Optional[Organism] = None) -> ValidationReport:
+        """The base checks plus cells without any counts, which can have no tokens."""
+        report = super().check(data, organism)
+        header = data.header if isinstance(data, DataManager) else data
         if header.n_empty_cells:
             scope = "" if header.empty_cells_exact else f" in a sample of {header.x_sample.n_rows_sampled}"
             self._report_no_tokens(report, f"{header.n_empty_cells:,} cells{scope} have no counts at all")
         return report
 
-    def _validate_dataset(self, dataset: SingleCellDataset) -> ValidationReport:
-        """At run time the matrix is loaded: count cells without tokens exactly when the dictionaries are cached."""
-        dictionaries = self.cached_dictionaries()
-        if dictionaries is None:
-            return super()._validate_dataset(dataset)
-        report = BaseSingleCellValidator.check(self, header_from_anndata(dataset.adata, dataset.path), dataset.organism)
-        x_ng, gene_names = self.counts_and_genes(dataset)
-        n_empty = int(np.count_nonzero(detected_genes(x_ng, dictionaries.tokens_of(gene_names)) == 0))
-        if n_empty:
-            self._report_no_tokens(report, f"{n_empty:,} of {x_ng.shape[0]:,} cells have no gene in the vocabulary")
-        return report
+    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
+        """The vocabulary overlap and, once the data is loaded, the exact count of cells without tokens."""
+        super().check_weights(manager, report, weights_dirs)
+        if manager.is_bound:
+            token_c = self.load_dictionaries(weights_dirs[DICTIONARIES]).tokens_of(manager.genes_g)
+            n_genes_n = detected_genes(manager.counts(np.flatnonzero(manager.cells_kept_n)), token_c)
+            empty = np.flatnonzero(n_genes_n == 0)
+            if len(empty):
+                names = ", ".join(map(str, manager.obs.index[empty[:3]]))
+                self._report_no_tokens(report, f"{len(empty):,} of {len(n_genes_n):,} cells have no gene in the "
+                                               f"vocabulary (e.g. {names})")
+
+    def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
+        """Names the tokenizer places on a gene token (Ensembl ids, retired ids, symbols)."""
+        return self.load_dictionaries(weights_dirs[DICTIONARIES]).accepted_names
+
+    def load_dictionaries(self, folder: Path) -> GeneDictionaries:
+        r = self.variant_config.resources
+        files = DictionaryFiles(r["token_dictionary_file"], r["gene_median_file"], r["gene_mapping_file"])
+        return load_dictionaries(folder, files, int(r["n_special_tokens"]))
 
     def _report_no_tokens(self, report: ValidationReport, what: str) -> None:
         report.add("empty cells", "cells_without_tokens", Severity.ERROR,
                    f"{what}; {self.name} cannot embed a cell without tokens.", NO_TOKENS_FIX)
 
 
+@dataclass
+class GeneformerInputs:
+    """Tokens of the cells (and of the perturbed cells, when a perturbation is asked for)."""
+
+    cells: TokenizedCells
+    perturbed: Optional[TokenizedCells]
+    spec: TokenizerSpec
+
+
 class Geneformer(GeneformerValidator, BaseModelImplementation):
-    """One Geneformer variant. Params: see `create_parser` and the variant's `params` in config.yaml."""
+    """One Geneformer variant. Per-variant facts (dictionary files, special tokens, input size, whether
+    <cls>/<eos> are added) are the variant's `resources` in config.yaml; its params set defaults."""
 
     display_name = "Geneformer"
+    params = (
+        Param("emb_mode", "str", "cls", "cls: the <cls> position (V2 only); cell: the mean of gene positions",
+              label="Embedding", choices=("cls", "cell")),
+        Param("emb_layer", "int", -1, "-1: the second-to-last layer (the authors' default); 0: the last layer",
+              label="Layer", choices=(-1, 0)),
+        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU", label="Precision",
+              choices=("auto", "fp32", "bf16")),
+        Param("feature_deletion", "list", (), "genes deleted before ranking (in-silico perturbation), "
+              "comma-separated ids or symbols", label="Delete genes", parse=gene_list),
+        Param("feature_activation", "list", (), "genes moved to the top ranks, in order, comma-separated",
+              label="Activate genes", parse=gene_list),
+        Param("feature_map", "mapping", {}, "GENE=TOKEN pairs, comma-separated; TOKEN an id or a name such as "
+              "<mask>", label="Map genes to tokens", parse=token_map),
+        Param("dictionaries", "str", "", "URI of the gene dictionaries (default: the variant's)",
+              label="Dictionaries URI"),
+    )
+    default_batch_size = None  # from the free GPU memory, 16 on the CPU (see CellEncoder.auto_batch_size)
+    RESOURCES = ("token_dictionary_file", "gene_median_file", "gene_mapping_file", "n_special_tokens",
+                 "model_input_size", "add_cls_eos")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dictionaries: Optional[GeneDictionaries] = None  # loaded with the weights
-
-    def create_parser(self) -> argparse.ArgumentParser:
-        parser = super().create_parser()
-        parser.add_argument("--emb_mode", type=str, help="cls (position 0, V2 only) or cell (mean of gene positions)")
-        parser.add_argument("--emb_layer", type=int, help="-1: second-to-last layer, 0: last layer")
-        parser.add_argument("--precision", type=str, help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
-        parser.add_argument("--feature_deletion", type=gene_list, default=(),
-                            help="genes to delete before ranking, comma-separated ids or symbols")
-        parser.add_argument("--feature_activation", type=gene_list, default=(),
-                            help="genes to move to the top ranks, in order, comma-separated")
-        parser.add_argument("--feature_map", type=token_map, default={},
-                            help="GENE=TOKEN pairs, comma-separated; TOKEN an id or a name such as <mask>")
-        parser.add_argument("--dictionaries", type=str, default=None,
-                            help="URI of the gene dictionaries (default: the variant's)")
-        return parser
-
-    def parse_args(self, argv, overrides) -> argparse.Namespace:
-        args = super().parse_args(argv, overrides)
-        required = ("token_dictionary_file", "gene_median_file", "gene_mapping_file", "n_special_tokens",
-                    "model_input_size", "add_cls_eos", "emb_mode", "emb_layer", "precision")
-        missing = [key for key in required if getattr(args, key, None) is None]
+    def check_params(self) -> None:
+        missing = [key for key in self.RESOURCES if key not in self.variant_config.resources]
         if missing:
-            raise ConfigError(f"variant {self.variant} of {self.display_name} lacks params {missing} in config.yaml")
-        if args.emb_mode not in ("cls", "cell"):
-            raise ConfigError(f"emb_mode must be cls or cell, got {args.emb_mode!r}")
-        if args.emb_mode == "cls" and not args.add_cls_eos:
+            raise ConfigError(f"variant {self.variant} of {self.display_name} lacks resources {missing} in config.yaml")
+        if self.args.emb_mode == "cls" and not self.variant_config.resources["add_cls_eos"]:
             raise ConfigError(f"{self.variant} has no <cls> token, so emb_mode=cls is impossible; use emb_mode=cell")
-        if args.emb_layer not in (-1, 0):
-            raise ConfigError(f"emb_layer must be -1 (second-to-last layer) or 0 (last layer), got {args.emb_layer}")
-        if args.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {args.precision!r}")
-        return args
 
-    # -- weights -----------------------------------------------------------------------------------
+    def weights_sources(self) -> dict[str, str]:
+        sources = super().weights_sources()
+        if self.args.dictionaries:
+            sources[DICTIONARIES] = self.args.dictionaries
+        if DICTIONARIES not in sources:
+            raise ConfigError(f"variant {self.variant} names no weights['{DICTIONARIES}'] URI")
+        return sources
 
-    def dictionaries_uri(self) -> str:
-        uri = self.args.dictionaries or self.variant_config.weights.get("dictionaries")
-        if not uri:
-            raise ConfigError(f"variant {self.variant} names no weights['dictionaries'] URI")
-        return uri
+    # -- the protocol ------------------------------------------------------------------------------
 
-    def load_dictionaries(self, folder) -> GeneDictionaries:
-        files = DictionaryFiles(self.args.token_dictionary_file, self.args.gene_median_file,
-                                self.args.gene_mapping_file)
-        return load_dictionaries(folder, files, int(self.args.n_special_tokens))
-
-    def download_model_weights(self, dataset) -> None:
-        """The checkpoint (base class), then the dictionaries; the manifest records both."""
-        super().download_model_weights(dataset)
-        uri = self.dictionaries_uri()
-        self.dictionaries = self.load_dictionaries(
-            self.weights_cache.fetch(uri, progress=self.progress, cancel=self.cancel))
-        self.weights_manifest = {**(self.weights_manifest or {}), "dictionaries": self.weights_cache.manifest(uri)}
-
-    # -- the run -----------------------------------------------------------------------------------
-
-    def counts_and_genes(self, dataset: SingleCellDataset):
-        """(`x_ng` raw counts, their gene names in the model's naming), wherever the counts live."""
-        x_ng, var_names = dataset.counts()
-        adata = dataset.adata
-        var = adata.var if var_names.equals(adata.var_names) else adata.raw.var  # raw.X has its own genes
-        _, gene_names = self.gene_ids(var, var_names)
-        return x_ng, gene_names
-
-    def run_model(self, dataset: SingleCellDataset) -> None:
+    def load(self, weights_dir: Path, device: str) -> None:
         from model_runners.geneformer.inference import CellEncoder, load_checkpoint
 
-        dictionaries = self.dictionaries
-        x_ng, gene_names = self.counts_and_genes(dataset)
-        obs = dataset.adata.obs
+        self.model = CellEncoder(load_checkpoint(weights_dir), self.args.emb_layer, device, self.args.precision)
+
+    def load_key(self) -> tuple:
+        return (self.args.emb_layer, self.args.precision)
+
+    def prepare(self, rows, manager: DataManager) -> GeneformerInputs:
+        dictionaries = self.load_dictionaries(self.weights_dirs[DICTIONARIES])
+        x_ng = manager.counts(rows)
+        obs = manager.obs.iloc[rows]
         n_counts_n = obs["n_counts"].to_numpy() if "n_counts" in obs else None
         perturbation = resolve_perturbation(dictionaries, self.args.feature_deletion,
                                             self.args.feature_activation, self.args.feature_map)
-        encoder = CellEncoder(load_checkpoint(self.weights_dir), self.args.emb_layer, self.device, self.args.precision)
-        tokenizer = RankValueTokenizer(dictionaries, self._spec(dictionaries, encoder.config.max_position_embeddings))
-        self.progress("tokenize", 0, 1)
-        cells = tokenizer.tokenize(x_ng, gene_names, n_counts_n)
-        self.progress("tokenize", 1, 1)
-        self._refuse_cells_without_tokens(cells, dataset)
-        emb_nd = self._embed(encoder, cells, tokenizer.spec, "embed")
+        tokenizer = RankValueTokenizer(dictionaries, self._spec(dictionaries, self.model.config.max_position_embeddings))
+        cells = tokenizer.tokenize(x_ng, manager.genes_g, n_counts_n)
+        perturbed = None
         if perturbation:
-            perturbed = tokenizer.tokenize(x_ng, gene_names, n_counts_n, perturbation)
-            changed = np.flatnonzero(cells.differs_from(perturbed))
-            self._refuse_all_padding(perturbed.take(changed), tokenizer.spec)
-            perturbed_nd = emb_nd.copy()
-            shift_n = np.zeros(len(cells), dtype=np.float32)  # an unchanged cell keeps its embedding exactly
-            if len(changed):
-                perturbed_nd[changed] = self._embed(encoder, perturbed.take(changed), tokenizer.spec, "embed perturbed")
-                shift_n[changed] = cosine_distance(emb_nd[changed], perturbed_nd[changed])
-            self.extra_obs[SHIFT_COLUMN] = shift_n
-            emb_nd = perturbed_nd
-        dataset.set_output(self.model_type, DataType.EMBEDDING, emb_nd)
+            perturbed = tokenizer.tokenize(x_ng, manager.genes_g, n_counts_n, perturbation)
+        return GeneformerInputs(cells, perturbed, tokenizer.spec)
+
+    def embed(self, inputs: GeneformerInputs, batch_size, progress, cancel) -> RunOutput:
+        cells, spec = inputs.cells, inputs.spec
+        self.batch_size_used = batch_size or self.model.auto_batch_size(int(cells.lengths.max()))
+        emb_nd = self._embed(cells, spec, progress, cancel, "embed")
+        if inputs.perturbed is None:
+            return RunOutput(emb_nd=emb_nd)
+        changed = np.flatnonzero(cells.differs_from(inputs.perturbed))
+        self._refuse_all_padding(inputs.perturbed.take(changed), spec)
+        perturbed_nd = emb_nd.copy()
+        shift_n = np.zeros(len(cells), dtype=np.float32)  # an unchanged cell keeps its embedding exactly
+        if len(changed):
+            perturbed_nd[changed] = self._embed(inputs.perturbed.take(changed), spec, progress, cancel,
+                                                "embed perturbed")
+            shift_n[changed] = cosine_distance(emb_nd[changed], perturbed_nd[changed])
+        return RunOutput(emb_nd=perturbed_nd, obs={SHIFT_COLUMN: shift_n})
 
     def _spec(self, dictionaries: GeneDictionaries, max_positions: int) -> TokenizerSpec:
         """The variant's sequence layout; sequences never exceed the checkpoint's position table."""
-        input_size = int(self.args.model_input_size)
+        input_size = int(self.variant_config.resources["model_input_size"])
         if input_size > max_positions:
             self.report.add("input size", "input_size_capped", Severity.INFO,
                             f"the checkpoint has {max_positions} positions; sequences are cut to that instead "
                             f"of the variant's input size of {input_size}.")
             input_size = max_positions
-        with_specials = bool(self.args.add_cls_eos)
+        with_specials = bool(self.variant_config.resources["add_cls_eos"])
         return TokenizerSpec(
             input_size=input_size,
             cls_token=dictionaries.special("<cls>") if with_specials else None,
@@ -212,20 +192,12 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
             pad_token=dictionaries.special("<pad>"),
         )
 
-    def _embed(self, encoder, cells: TokenizedCells, spec: TokenizerSpec, step: str) -> np.ndarray:
-        return encoder.embed(
+    def _embed(self, cells: TokenizedCells, spec: TokenizerSpec, progress, cancel, step: str) -> np.ndarray:
+        return self.model.embed(
             cells, mode=self.args.emb_mode, pad_token=spec.pad_token, has_cls=spec.cls_token is not None,
-            has_eos=spec.eos_token is not None, batch_size=self.args.batch_size, progress=self.progress,
-            cancel=self.cancel, step=step,
+            has_eos=spec.eos_token is not None, batch_size=self.batch_size_used, progress=progress,
+            cancel=cancel, step=step,
         )
-
-    def _refuse_cells_without_tokens(self, cells: TokenizedCells, dataset: SingleCellDataset) -> None:
-        empty = np.flatnonzero(cells.n_genes == 0)
-        if len(empty):
-            names = ", ".join(map(str, dataset.adata.obs_names[empty[:3]]))
-            self._report_no_tokens(self.report, f"{len(empty):,} of {len(cells):,} cells (e.g. {names}) have no "
-                                                "gene in the vocabulary")
-            self.report.raise_for_errors()
 
     @staticmethod
     def _refuse_all_padding(cells: TokenizedCells, spec: TokenizerSpec) -> None:

@@ -1,6 +1,6 @@
 """Geneformer's rank-value encoding of a CSR count matrix, one compiled pass over its rows.
 
-Per cell (model-formats.md section 1): gene columns are mapped through the dictionaries (columns that
+Per cell: gene columns are mapped through the dictionaries (columns that
 land on the same Ensembl id are summed, unknown ones dropped), `x_norm = counts / n_counts * 10,000 /
 median[gene]` with `n_counts` the cell's total over ALL input columns, the detected genes are sorted
 by `x_norm` descending and their tokens truncated to the input size; V2 adds `<cls>` in front and

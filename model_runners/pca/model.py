@@ -8,18 +8,18 @@ ARPACK solver with implicit centering. Results equal scanpy's pipeline (tests/te
 
 from __future__ import annotations
 
-import argparse
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from czb_core.datasets import SingleCellDataset
-from czb_core.model import BaseModelImplementation
+from czb_core.models.base import BaseModelImplementation
+from czb_core.models.params import Param
+from czb_core.models.runner import RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
-from czb_core.types import DataType, ModelType
-from czb_core.validators import BaseSingleCellValidator
+from czb_core.schema.data_manager import DataManager
+from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.types import ModelType
 
 
 def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None,
@@ -85,18 +85,19 @@ def pca_baseline(
     seed: int = 0,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    chunk_rows: int = 20_000,
 ) -> np.ndarray:
     """`emb_nc` (cells x components, float32) of raw counts `x_ng`."""
     import scanpy as sc  # imported here so that validating against this model stays fast
 
     cancel = cancel or CancelToken()
     progress("normalize", 0, 1)
-    xlog_ng = normalize_log1p(sp.csr_matrix(x_ng))
+    xlog_ng = normalize_log1p(sp.csr_matrix(x_ng), chunk_rows=chunk_rows)
     progress("normalize", 1, 1)
     cancel.check()
     progress("highly variable genes", 0, 1)
     if xlog_ng.shape[1] > n_top_genes:
-        xlog_ng = xlog_ng[:, seurat_hvg_mask(xlog_ng, n_top_genes)]
+        xlog_ng = xlog_ng[:, seurat_hvg_mask(xlog_ng, n_top_genes, chunk_rows=chunk_rows)]
     adata = ad.AnnData(xlog_ng)
     progress("highly variable genes", 1, 1)
     cancel.check()
@@ -119,15 +120,20 @@ class PCAValidator(BaseSingleCellValidator):
 
 
 class PCABaseline(PCAValidator, BaseModelImplementation):
-    def create_parser(self) -> argparse.ArgumentParser:
-        parser = super().create_parser()
-        parser.add_argument("--n_top_genes", type=int, default=3000)
-        parser.add_argument("--n_comps", type=int, default=50)
-        return parser
+    """No weights: `prepare` hands over the counts, `embed` runs the whole recipe on them."""
 
-    def run_model(self, dataset: SingleCellDataset) -> None:
-        x_ng, _ = dataset.counts()
-        emb_nc = pca_baseline(
-            x_ng, self.args.n_top_genes, self.args.n_comps, self.args.seed, self.progress, self.cancel
-        )
-        dataset.set_output(self.model_type, DataType.EMBEDDING, emb_nc)
+    params = (
+        Param("n_top_genes", "int", 3000, "highly variable genes kept before PCA", label="Highly variable genes",
+              minimum=2),
+        Param("n_comps", "int", 50, "principal components (the embedding size)", label="Components", minimum=1),
+    )
+    default_batch_size = 20_000  # rows per block of the normalisation and HVG passes
+
+    def prepare(self, rows, manager: DataManager) -> sp.csr_matrix:
+        return manager.counts(rows)
+
+    def embed(self, x_ng: sp.csr_matrix, batch_size, progress, cancel) -> RunOutput:
+        self.batch_size_used = batch_size
+        emb_nc = pca_baseline(x_ng, self.args.n_top_genes, self.args.n_comps, self.args.seed, progress, cancel,
+                              chunk_rows=batch_size)
+        return RunOutput(emb_nd=emb_nc)

@@ -8,7 +8,7 @@ requirements per instance (the class attributes are the `fit` defaults, which th
   counts, and the batch columns Census used (`dataset_id`, `assay`, `suspension_type`, `donor_id`,
   concatenated as strings) unless the user chose others (`batch_columns`) or a constant
   (`batch_key=unassigned`); plus the share of the reference's genes found in the dataset once the
-  reference is cached (checked again at run time, after the download).
+  reference is on disk (`check_weights`, after the download, or before a run when it is cached).
 
 scvi-tools and torch are imported only when a model runs (or a cached reference's genes are read),
 so validating stays fast.
@@ -16,74 +16,31 @@ so validating stays fast.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import json
+from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import pandas as pd
 
-from czb_core.datasets import SingleCellDataset
-from czb_core.errors import ConfigError, WeightsError
-from czb_core.model import BaseModelImplementation
-from czb_core.safe_load import verify_trusted_file
-from czb_core.types import DataType, ModelType, Organism
-from czb_core.validation import Severity, ValidationReport
-from czb_core.validators import BaseSingleCellValidator
+
+from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
+from czb_core.models.params import Param
+from czb_core.models.runner import LoadedModels, RunOutput
+from czb_core.models.safe_load import verify_trusted_file
+from czb_core.schema.data_manager import UNASSIGNED, BatchSpec, DataManager, DataNeeds
+from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.types import ModelType, Organism
 
 CENSUS_BATCH_COLUMNS = ("dataset_id", "assay", "suspension_type", "donor_id")
-UNASSIGNED = "unassigned"
 OVERLAP_FACT = "reference gene overlap"
-OTHER_COLUMNS_FIX = "choose other columns (--param batch_columns=col1,col2)"
-CONSTANT_FIX = f"a constant batch (--param batch_key={UNASSIGNED})"
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """How each cell's batch label is built: a constant, or obs columns concatenated as strings."""
-
-    columns: tuple[str, ...] = ()
-    constant: Optional[str] = None
-    chosen: bool = False  # the user named it (else the variant's default)
-
-    @classmethod
-    def from_args(cls, batch_key: Optional[str], batch_columns: Optional[str], default: tuple[str, ...]):
-        columns = tuple(c.strip() for c in (batch_columns or "").split(",") if c.strip())
-        if batch_key and columns:
-            raise ConfigError("give batch_key or batch_columns, not both")
-        if batch_key == UNASSIGNED:
-            return cls(constant=UNASSIGNED, chosen=True)
-        if batch_key or columns:
-            return cls(columns=(batch_key,) if batch_key else columns, chosen=True)
-        return cls(columns=default)
-
-    def labels(self, obs: pd.DataFrame) -> Optional[pd.Series]:
-        """One label per cell (as Census: `dataset_id + assay + suspension_type + donor_id`), or None."""
-        if self.constant is not None:
-            return pd.Series(self.constant, index=obs.index)
-        if not self.columns:
-            return None
-        labels = obs[self.columns[0]].astype(str)
-        for column in self.columns[1:]:
-            labels = labels + obs[column].astype(str)
-        return labels
-
-
-def _bool(value) -> bool:
-    """`--param early_stopping=true` arrives as text."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+OTHER_COLUMNS_FIX = "choose other batch columns (the batch_columns parameter)"
+CONSTANT_FIX = f"one constant batch (batch_key={UNASSIGNED})"
 
 
 def add_overlap_problems(report: ValidationReport, n_found: int, n_reference: int, name: str) -> None:
     """The reference-gene share as a fact, a warning under 80% (scvi-tools' own threshold), an error under 20%."""
     share = n_found / n_reference
+    report.ran("vocabulary")
     report.facts[OVERLAP_FACT] = f"{n_found:,} of {n_reference:,} reference genes ({share:.1%}) are in the dataset"
     what = f"only {n_found:,} of the {n_reference:,} genes of {name}'s reference ({share:.1%}) are in the dataset"
     if share < 0.2:
@@ -93,6 +50,11 @@ def add_overlap_problems(report: ValidationReport, n_found: int, n_reference: in
     elif share < 0.8:
         report.add("vocabulary", "partial_vocabulary_overlap", Severity.WARNING,
                    f"{what}; the missing ones are set to zero, which may degrade the embedding.")
+
+
+# Verified references by file version: a Run page that re-validates on every click must not re-read,
+# re-hash and re-unpickle a 100 MB model.pt each time.
+_REFERENCES = LoadedModels(max_models=2)
 
 
 class SCVIValidator(BaseSingleCellValidator):
@@ -106,137 +68,143 @@ class SCVIValidator(BaseSingleCellValidator):
     gene_id_kind = None
     requires_raw_counts = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.is_reference = self.variant_config.needs_weights
-        self.batch = BatchSpec.from_args(
-            self.args.batch_key, self.args.batch_columns, CENSUS_BATCH_COLUMNS if self.is_reference else ()
-        )
-        self.required_obs_keys = self.batch.columns
+    @property
+    def is_reference(self) -> bool:
+        return self.variant_config.needs_weights
+
+    @property
+    def batch(self) -> BatchSpec:
+        return BatchSpec.from_params(self.args.batch_key, self.args.batch_columns,
+                                     CENSUS_BATCH_COLUMNS if self.is_reference else ())
+
+    def data_needs(self) -> DataNeeds:
+        batch = self.batch
         if self.is_reference:
-            self.available_organisms = (Organism.parse(self.variant_config.resources["organism"]),)
-            self.gene_id_kind = "ensembl"
+            organism = Organism.parse(self.variant_config.resources["organism"])
+            return DataNeeds("ensembl", True, (organism,), batch.columns, (), batch)
+        return DataNeeds(None, True, None, batch.columns, (), batch)
 
     def _check_keys(self, report, check: str, present, required, where: str) -> None:
         if where != "obs":
             return super()._check_keys(report, check, present, required, where)
         report.ran(check)
+        batch = self.batch
         for key in required:
             if key in present:
                 continue
-            if self.batch.chosen:
+            if batch.chosen:
                 message = f"the batch column '{key}' you chose is not in obs."
-                fix = f"choose existing obs columns, or {CONSTANT_FIX if self.is_reference else 'no batch_key'}"
+                fix = f"choose existing obs columns, or {CONSTANT_FIX if self.is_reference else 'no batch column'}"
             else:
                 message = (f"{self.name} builds each cell's batch as CELLxGENE Census did, from obs columns "
                            f"{', '.join(CENSUS_BATCH_COLUMNS)}; the dataset lacks '{key}'.")
                 fix = f"add obs['{key}'], {OTHER_COLUMNS_FIX} or {CONSTANT_FIX}"
             report.add(check, "missing_obs_key", Severity.ERROR, message, fix)
 
-    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray) -> None:
-        """For a Census variant: the share of the reference's genes in the dataset, if the reference is cached."""
+    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
+        """For a Census variant: the share of the reference's genes in the dataset."""
         if not self.is_reference:
             return
-        report.ran("vocabulary")
         if any(p.check == "gene ids" and p.severity is Severity.ERROR for p in report.problems):
             report.facts[OVERLAP_FACT] = "not checked: the dataset has no Ensembl ids"
             return
-        try:
-            if not self.weights_cache.is_cached(self.weights_source()):
-                report.facts[OVERLAP_FACT] = "checked once the reference weights are downloaded"
-                return
-            self.download_model_weights(None)  # cached: reads the manifest, no network
-            reference = self.reference()
-        except WeightsError as exc:
-            report.facts[OVERLAP_FACT] = f"not checked: {exc}"
-            return
         from model_runners.scvi.reference import overlap
 
-        add_overlap_problems(report, *overlap(gene_names, reference), self.name)
+        add_overlap_problems(report, *overlap(manager.genes_g, self.reference()), self.name)
+
+    def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
+        super().check_cached_weights(manager, report)
+        if self.is_reference and OVERLAP_FACT not in report.facts:
+            report.facts[OVERLAP_FACT] = "checked once the reference weights are downloaded"
+            report.facts.pop("vocabulary", None)
 
 
 class SCVIModel(SCVIValidator, BaseModelImplementation):
     """scVI on the dataset's raw counts; output: the latent mean (float32; `n_latent` or 50 for Census)."""
 
-    _reference = None  # (sha256, SavedReference) of the last verified load
-    _epochs_default: Optional[int] = None  # max_epochs from scvi-tools' rule, when the user gave none
+    default_batch_size = 128
 
-    def create_parser(self) -> argparse.ArgumentParser:
-        parser = super().create_parser()
-        parser.add_argument("--batch_key", default=None,
-                            help=f"obs column of batches, or '{UNASSIGNED}' for one constant batch")
-        parser.add_argument("--batch_columns", default=None,
-                            help="comma-separated obs columns concatenated into the batch label")
-        if self.variant_config.needs_weights:
-            parser.add_argument("--weights_sha256", default=None,
-                                help="sha256 of model.pt: required to load a --weights override")
-        else:
-            parser.add_argument("--n_latent", type=int, default=10)
-            parser.add_argument("--n_layers", type=int, default=1)
-            parser.add_argument("--n_hidden", type=int, default=128)
-            parser.add_argument("--max_epochs", type=int, default=None,
-                                help="default: scvi-tools' rule, min(round(20000 / n_cells * 400), 400)")
-            parser.add_argument("--early_stopping", type=_bool, default=False)
-        return parser
+    def check_params(self) -> None:
+        self.batch  # noqa: B018  (batch_key and batch_columns together are a ConfigError now, not at run time)
 
-    def parameters(self) -> dict:
-        """As given, with the max_epochs that scvi-tools' rule chose when none was given."""
-        params = super().parameters()
-        if self._epochs_default is not None:
-            params["max_epochs"] = self._epochs_default
-        return params
+    @classmethod
+    def declare_params(cls, variant) -> tuple[Param, ...]:
+        batch = (
+            Param("batch_key", "str", "", f"obs column of batches, or '{UNASSIGNED}' for one constant batch",
+                  label="Batch key", obs_column=True, extra_options=(UNASSIGNED,)),
+            Param("batch_columns", "list", (), "obs columns concatenated into the batch label",
+                  label="Batch columns", parse=_column_list, obs_column=True),
+        )
+        if variant.needs_weights:
+            return batch + (Param("weights_sha256", "str", "",
+                                  "sha256 of model.pt: required to load a --weights override", label="model.pt sha256"),)
+        return batch + (
+            Param("n_latent", "int", 10, "latent dimensions (the embedding size)", label="Latent size", minimum=1),
+            Param("n_layers", "int", 1, "hidden layers of encoder and decoder", label="Layers", minimum=1),
+            Param("n_hidden", "int", 128, "units per hidden layer", label="Hidden units", minimum=1),
+            Param("max_epochs", "int", None, "empty: scvi-tools' rule, min(round(20000 / n_cells * 400), 400)",
+                  label="Epochs", minimum=1),
+            Param("early_stopping", "bool", False, "stop when the validation loss stops improving",
+                  label="Early stopping"),
+        )
 
     # -- the reference (Census variants) -----------------------------------------------------------
 
     def reference(self):
-        """The reference model, unpickled only from bytes that pass `verify_trusted_file` (see safe_load)."""
+        """The reference model, unpickled only from bytes that pass `verify_trusted_file` (see safe_load),
+        once per file version and trust decision in this process."""
         from model_runners.scvi.reference import MODEL_FILE, load_reference
 
-        configured = self.variant_config.weights.get("model") or next(iter(self.variant_config.weights.values()))
-        pins = [self.args.weights_sha256]
+        configured = self.variant_config.weights.get(MODEL_ROLE) or next(iter(self.variant_config.weights.values()))
+        pins = [self.args.weights_sha256 or None]
         if self.weights_manifest and self.weights_manifest.get("uri") == configured:
             pins.append(self.variant_config.weights_sha256.get(MODEL_FILE))
-        verified = verify_trusted_file(self.weights_dir, MODEL_FILE, self.weights_manifest,
-                                       configured_uri=configured, pins=pins)
-        if self._reference is None or self._reference[0] != verified.sha256:
-            self._reference = (verified.sha256, load_reference(verified))
-        return self._reference[1]
+        weights_dir = self.weights_dirs[MODEL_ROLE]
+        stat = (weights_dir / MODEL_FILE).stat()
+        key = (str(weights_dir), stat.st_size, stat.st_mtime_ns, json.dumps(self.weights_manifest, sort_keys=True),
+               configured, tuple(pins))
+        reference = _REFERENCES.get(key)
+        if reference is None:
+            verified = verify_trusted_file(weights_dir, MODEL_FILE, self.weights_manifest,
+                                           configured_uri=configured, pins=pins)
+            reference = load_reference(verified)
+            _REFERENCES.put(key, reference)
+        return reference
 
-    # -- the run -----------------------------------------------------------------------------------
+    # -- the protocol ------------------------------------------------------------------------------
 
-    def run_model(self, dataset: SingleCellDataset) -> None:
-        x_ng, var_names = dataset.counts()
-        batch_n = self.batch.labels(dataset.adata.obs)
-        batch_size = self.args.batch_size or 128
+    def load(self, weights_dir: Optional[Path], device: str) -> None:
+        self.model = self.reference() if self.is_reference else None
+
+    def load_key(self) -> tuple:
+        return (self.args.weights_sha256,)
+
+    def prepare(self, rows, manager: DataManager):
+        batch_n = manager.batch_labels()
+        return manager.counts(rows), manager.genes_g, None if batch_n is None else batch_n.iloc[rows]
+
+    def embed(self, inputs, batch_size, progress, cancel) -> RunOutput:
+        x_ng, genes_g, batch_n = inputs
+        self.batch_size_used = batch_size
         if self.is_reference:
-            emb_nd = self._map_to_reference(dataset, x_ng, var_names, batch_n, batch_size)
-        else:
-            emb_nd = self._fit(x_ng, batch_n, batch_size)
-        dataset.set_output(self.model_type, DataType.EMBEDDING, emb_nd)
+            from model_runners.scvi.reference import map_query
 
-    def _fit(self, x_ng, batch_n, batch_size: int) -> np.ndarray:
+            emb_nd = map_query(x_ng, genes_g, batch_n, self.model, self.device, batch_size, self.args.seed,
+                               progress, cancel)
+            return RunOutput(emb_nd=emb_nd)
+        return self._fit(x_ng, batch_n, batch_size, progress, cancel)
+
+    def _fit(self, x_ng, batch_n, batch_size: int, progress, cancel) -> RunOutput:
         from model_runners.scvi.fit import FitParams, default_max_epochs, fit_latent
 
         a = self.args
-        if a.max_epochs is not None and a.max_epochs < 1:
-            raise ConfigError(f"max_epochs must be at least 1 (an untrained model embeds noise), got {a.max_epochs}")
-        self._epochs_default = None if a.max_epochs else default_max_epochs(x_ng.shape[0])
-        max_epochs = a.max_epochs or self._epochs_default
+        max_epochs = a.max_epochs or default_max_epochs(x_ng.shape[0])
         params = FitParams(a.n_latent, a.n_layers, a.n_hidden, max_epochs, a.early_stopping, batch_size, a.seed)
-        emb_nd, epochs = fit_latent(x_ng, batch_n, params, self.device, self.progress, self.cancel)
-        self.report.facts["epochs trained"] = epochs
-        return emb_nd
+        emb_nd, epochs = fit_latent(x_ng, batch_n, params, self.device, progress, cancel)
+        return RunOutput(emb_nd=emb_nd, facts={"max_epochs": max_epochs, "epochs trained": epochs})
 
-    def _map_to_reference(self, dataset, x_ng, var_names, batch_n, batch_size: int) -> np.ndarray:
-        from model_runners.scvi.reference import map_query, overlap
 
-        adata = dataset.adata
-        var = adata.var if var_names.equals(adata.var_names) else adata.raw.var  # counts may come from raw.X
-        _, genes_g = self.gene_ids(var, var_names)
-        reference = self.reference()
-        # the genes actually used decide (validation may have seen var rather than raw.var, or no reference)
-        self.report.problems = [p for p in self.report.problems if p.check != "vocabulary"]
-        add_overlap_problems(self.report, *overlap(genes_g, reference), self.name)
-        self.report.raise_for_errors()
-        return map_query(x_ng, genes_g, batch_n, reference, self.device, batch_size, self.args.seed,
-                         self.progress, self.cancel)
+def _column_list(value) -> tuple[str, ...]:
+    """`"a, b"` or `["a", "b"]` -> `("a", "b")`."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(item).strip() for item in items if str(item).strip())

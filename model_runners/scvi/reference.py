@@ -1,6 +1,6 @@
 """The Census variants: a dataset mapped onto a pretrained scVI reference (scArches query mapping).
 
-The reference `model.pt` needs a full unpickle, so it is read once through `czb_core.safe_load`
+The reference `model.pt` needs a full unpickle, so it is read once through `czb_core.models.safe_load`
 (sha256 checked on the very bytes unpickled) and handed to scvi-tools as an in-memory reference.
 `SCVI.prepare_query_anndata` and `SCVI.load_query_data` accept either a directory, which they would
 `torch.load` themselves (twice, after our check), or a loaded model, from which scvi-tools 1.4's
@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from czb_core.errors import WeightsError
 from czb_core.progress import CancelToken, ProgressCallback
-from czb_core.safe_load import VerifiedFile, torch_load_verified
+from czb_core.models.safe_load import VerifiedFile, torch_load_verified
 from model_runners.scvi.latent import latent_mean, lightning_device
 
 MODEL_FILE = "model.pt"

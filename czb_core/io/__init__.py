@@ -1,0 +1,1 @@
+"""Reading datasets and writing results: files in, files out."""

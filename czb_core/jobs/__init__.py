@@ -1,7 +1,0 @@
-"""Runs as jobs: specs and their cache key, the SQLite job store, and the per-device worker manager."""
-
-from czb_core.jobs.manager import JobManager
-from czb_core.jobs.spec import JobSpec
-from czb_core.jobs.store import Job, JobStore
-
-__all__ = ["Job", "JobManager", "JobSpec", "JobStore"]

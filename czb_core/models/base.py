@@ -1,0 +1,266 @@
+"""`BaseModelImplementation`: the cz-benchmarks run flow, in-process, on the three-method runner protocol.
+
+A model subclasses this and mixes in its validator first
+(`class PCABaseline(PCAValidator, BaseModelImplementation)`), declares its parameters (`params`, once)
+and implements `prepare` and `embed` (and `load` when it has weights). `execute` is the one flow:
+check the data manager's facts, fetch the weights, run the checks that need them, load the model (or
+reuse it from `LOADED_MODELS`), prepare, embed. The reference API (`run(dataset)` ending in
+`dataset.set_output(...)`, `run_model`, `download_model_weights`, `create_parser`, `parse_args`) is
+kept, built on the same methods. Differences that matter in a server process: argv defaults to empty
+(the reference read `sys.argv`, which broke under Streamlit), weights come from a checksummed cache,
+progress and cancellation are passed in, and the device is an argument of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import anndata as ad
+import numpy as np
+
+from czb_core.errors import ConfigError, DeviceOutOfMemory, WeightsError
+from czb_core.io.header import header_from_anndata
+from czb_core.models.device import is_cuda_oom, resolve_device
+from czb_core.models.params import Param, ParamSchema, common_params
+from czb_core.models.registry import ModelConfig, VariantConfig
+from czb_core.models.runner import LOADED_MODELS, RunOutput
+from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from czb_core.schema.data_manager import DataManager
+from czb_core.schema.datasets import BaseDataset
+from czb_core.schema.report import ValidationReport
+from czb_core.types import DataType
+
+MODEL_ROLE = "model"  # the weights entry that holds the model itself; other roles are its resources
+
+
+class BaseModelImplementation(ABC):
+    """One model variant with its parameters, ready to run on datasets. Subclasses mix in their validator first."""
+
+    params: ClassVar[tuple[Param, ...]] = ()  # the model's own parameters (seed and batch_size are common)
+    default_batch_size: ClassVar[Optional[int]] = 64  # None: chosen from free GPU memory by the runner
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        variant: Optional[str] = None,
+        *,
+        argv: Optional[Sequence[str]] = None,
+        weights_uri: Optional[str] = None,
+        weights_cache=None,
+        **params: Any,
+    ):
+        self.config = config
+        self.variant_config = config.variant(variant)
+        self.variant = self.variant_config.name
+        self.display_name = config.display_name
+        self.weights_uri = weights_uri
+        self._weights_cache = weights_cache
+        self.schema = self.param_schema(self.variant_config)
+        self.args = argparse.Namespace(**self.schema.resolve({**self.schema.from_argv(argv or ()), **params}))
+        self.check_params()
+        self.weights_dirs: dict[str, Path] = {}
+        self.weights_manifest: Optional[dict] = None
+        self.weights_warm = False
+        self.device: Optional[str] = None  # set by load()
+        self.model: Any = None  # what load() put in memory
+        self.batch_size_used: Optional[int] = None  # set by embed(); an OOM retry halves it
+        self.report: Optional[ValidationReport] = None
+
+    # -- parameters --------------------------------------------------------------------------------
+
+    @classmethod
+    def declare_params(cls, variant: VariantConfig) -> tuple[Param, ...]:
+        """The model's parameters for `variant` (override when they differ between variants)."""
+        return cls.params
+
+    @classmethod
+    def param_schema(cls, variant: VariantConfig) -> ParamSchema:
+        return ParamSchema(common_params(cls.default_batch_size) + cls.declare_params(variant), variant.params)
+
+    def check_params(self) -> None:
+        """Checks across parameters (one value constrains another); raise ConfigError."""
+
+    def parameters(self) -> dict[str, Any]:
+        """The effective parameters of this run (recorded in the run record)."""
+        return dict(vars(self.args))
+
+    def create_parser(self) -> argparse.ArgumentParser:
+        return self.schema.add_arguments(argparse.ArgumentParser(prog=self.config.name, add_help=False))
+
+    def parse_args(self, argv: Sequence[str], overrides: dict[str, Any]) -> argparse.Namespace:
+        return argparse.Namespace(**self.schema.resolve({**self.schema.from_argv(argv), **overrides}))
+
+    # -- weights -----------------------------------------------------------------------------------
+
+    @property
+    def weights_cache(self):
+        if self._weights_cache is None:
+            from czb_core.models.weights import WeightsCache
+
+            self._weights_cache = WeightsCache()
+        return self._weights_cache
+
+    def weights_sources(self) -> dict[str, str]:
+        """role -> URI of every weights entry; `--weights` replaces the model entry (or the only one)."""
+        sources = dict(self.variant_config.weights)
+        if not sources:
+            if self.weights_uri:
+                raise ConfigError(f"{self.display_name} / {self.variant} uses no weights; drop --weights")
+            return {}
+        if self.weights_uri:
+            sources[MODEL_ROLE if MODEL_ROLE in sources else next(iter(sources))] = self.weights_uri
+        return sources
+
+    def weights_source(self) -> Optional[str]:
+        """The URI of the model entry (or the only entry), None for a model without weights."""
+        sources = self.weights_sources()
+        return sources.get(MODEL_ROLE) or next(iter(sources.values()), None)
+
+    def weights_cached(self) -> bool:
+        return all(self.weights_cache.is_cached(uri) for uri in self.weights_sources().values())
+
+    def fetch_weights(self, progress: ProgressCallback = no_progress,
+                      cancel: Optional[CancelToken] = None) -> dict[str, Path]:
+        """Every weights entry on disk (downloaded, or found in the cache), role -> folder."""
+        sources = self.weights_sources()
+        pinned = None if self.weights_uri else (self.variant_config.weights_sha256 or None)
+        dirs, manifests = {}, {}
+        for role, uri in sources.items():
+            expected = pinned if uri == self.weights_source() else None
+            dirs[role] = self.weights_cache.fetch(uri, progress=progress, cancel=cancel, expected_sha256=expected)
+            manifests[role] = self.weights_cache.manifest(uri)
+        self.weights_dirs = dirs
+        if manifests:
+            main = self.weights_source()
+            main_role = next(r for r, u in sources.items() if u == main)
+            self.weights_manifest = {**manifests[main_role],
+                                     **{r: m for r, m in manifests.items() if r != main_role}}
+        return dirs
+
+    def cached_weights_dirs(self) -> Optional[dict[str, Path]]:
+        """The weights folders when every entry is cached already (never downloads), else None."""
+        if not self.weights_cached():
+            return None
+        try:
+            return self.fetch_weights()
+        except WeightsError:  # a cached copy that cannot be read: the run reports it with its fix
+            return None
+
+    def get_model_weights_subdir(self, dataset: BaseDataset) -> str:
+        return f"{self.config.name}/{self.variant}"
+
+    def download_model_weights(self, dataset: BaseDataset) -> None:
+        self.fetch_weights()
+
+    # -- the protocol ------------------------------------------------------------------------------
+
+    def load(self, weights_dir: Optional[Path], device: str) -> None:
+        """Put the model in memory on `device` as `self.model` (a model without weights loads nothing)."""
+
+    def load_key(self) -> tuple:
+        """Parameters that change what `load` builds (part of the key of a model kept in memory)."""
+        return ()
+
+    @abstractmethod
+    def prepare(self, rows: slice | np.ndarray, manager: DataManager) -> Any:
+        """Model inputs (tokens, binned values, selected genes) of a block of cells."""
+
+    @abstractmethod
+    def embed(self, inputs: Any, batch_size: Optional[int], progress: ProgressCallback,
+              cancel: CancelToken) -> RunOutput:
+        """The embedding (or prediction) of prepared inputs; sets `batch_size_used` before its first batch."""
+
+    # -- the flow ----------------------------------------------------------------------------------
+
+    def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
+        """The checks that need weights, when the weights are cached already; otherwise say what is unknown."""
+        if not self.weights_sources():
+            return
+        dirs = self.cached_weights_dirs()
+        if dirs is None:
+            report.facts["vocabulary"] = "unknown until the weights are downloaded (with the first run)"
+            return
+        self.check_weights(manager, report, dirs)
+
+    def load_model(self, device: str) -> None:
+        """`load`, or the same model kept in memory by an earlier run in this process."""
+        self.device = device
+        weights_dir = self.weights_dirs.get(MODEL_ROLE) or next(iter(self.weights_dirs.values()), None)
+        if weights_dir is None:
+            self.load(None, device)
+            return
+        key = (self.config.name, self.variant, _files_signature(weights_dir), device, self.load_key())
+        cached = LOADED_MODELS.get(key)
+        self.weights_warm = cached is not None
+        if cached is not None:
+            self.model = cached
+            return
+        self.load(weights_dir, device)
+        LOADED_MODELS.put(key, self.model)
+
+    def execute(
+        self,
+        manager: DataManager,
+        *,
+        device: Optional[str] = None,
+        progress: ProgressCallback = no_progress,
+        cancel: Optional[CancelToken] = None,
+        read_data: Optional[Callable[[], ad.AnnData]] = None,
+    ) -> RunOutput:
+        """Validate, fetch weights, read the data, check with the weights, load, prepare, embed. `read_data`
+        loads the matrix once the checks pass (the data manager is already bound when it is None). Raises
+        `DatasetValidationError`, `WeightsError`, `ConfigError`, `Cancelled` or `DeviceOutOfMemory`."""
+        cancel = cancel or CancelToken()
+        progress("validate", 0, 1)
+        self.report = self.check(manager)
+        self.report.raise_for_errors()
+        progress("validate", 1, 1)
+        cancel.check()
+        dirs = self.fetch_weights(progress, cancel)
+        cancel.check()
+        if read_data is not None:
+            progress("load", 0, 1)
+            manager.bind(read_data())
+            progress("load", 1, 1)
+        self.check_weights(manager, self.report, dirs)
+        self.report.raise_for_errors()
+        self.load_model(resolve_device(device))
+        cancel.check()
+        inputs = self.prepare(np.flatnonzero(manager.cells_kept_n), manager)
+        try:
+            output = self.embed(inputs, self.args.batch_size, progress, cancel)
+        except Exception as exc:
+            if is_cuda_oom(exc):
+                raise DeviceOutOfMemory(self.batch_size_used or self.args.batch_size or 1) from None
+            raise
+        output.batch_size = output.batch_size or self.batch_size_used
+        self.report.facts.update(output.facts)
+        return output
+
+    def run(self, dataset: BaseDataset, *, device: Optional[str] = None, progress: ProgressCallback = no_progress,
+            cancel: Optional[CancelToken] = None) -> ValidationReport:
+        """The reference flow for one dataset: load, validate, `run_model`; returns the validation report."""
+        if DataType.ANNDATA not in dataset.inputs:
+            dataset.load_data()
+        dataset.validate()
+        self.run_model(dataset, device=device, progress=progress, cancel=cancel)
+        return self.report
+
+    def run_model(self, dataset: BaseDataset, *, device: Optional[str] = None,
+                  progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> RunOutput:
+        """`execute` on the loaded dataset, ending as the reference did in `dataset.set_output(...)`."""
+        manager = self.data_manager(header_from_anndata(dataset.adata, dataset.path), dataset.organism)
+        output = self.execute(manager.bind(dataset.adata), device=device, progress=progress, cancel=cancel)
+        if output.emb_nd is not None:
+            dataset.set_output(self.model_type, DataType.EMBEDDING, output.emb_nd)
+        return output
+
+
+def _files_signature(folder: Path) -> tuple:
+    """(path, size, mtime) of every file under `folder`: a model kept in memory is reused only while
+    the files it was loaded from are unchanged."""
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")
+                        if p.is_file()))

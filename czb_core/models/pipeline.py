@@ -1,0 +1,135 @@
+"""Embed one file with one model variant: the single entry point of the CLI and the job workers.
+
+`embed_file` reads the file's header once, builds the model's data manager from it, and runs the
+implementation's `execute` flow, which reads the matrix only after the checks pass. It returns a
+`RunResult` (the embedding, the cells' obs and the run record). `write_run_h5ad` writes the slim h5ad
+contract: obs of the input, `obsm["X_<model>"]`, `uns["czb_run"]`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from czb_core.io.atomic import atomic_path
+from czb_core.io.header import read_header
+from czb_core.io.reading import read_anndata
+from czb_core.io.hashing import sha256_file
+from czb_core.models.device import resolve_device
+from czb_core.models.memory import PeakMemory
+from czb_core.models.record import device_description, h5_safe, package_versions, utc_now
+from czb_core.models.registry import get_model
+from czb_core.models.runner import RunOutput
+from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from czb_core.schema.report import ValidationReport
+from czb_core.types import Organism
+
+
+def obsm_key(model: str) -> str:
+    """The documented key of a model's embedding: `obsm["X_<model>"]`, e.g. `X_pca`, `X_geneformer`."""
+    return f"X_{model}"
+
+
+@dataclass
+class RunResult:
+    model: str
+    variant: str
+    emb_nd: np.ndarray
+    obs: pd.DataFrame
+    record: dict
+    report: ValidationReport
+
+    @property
+    def obsm_key(self) -> str:
+        return obsm_key(self.model)
+
+    def to_anndata(self) -> ad.AnnData:
+        return ad.AnnData(
+            obs=self.obs.copy(), obsm={self.obsm_key: self.emb_nd}, uns={"czb_run": h5_safe(self.record)}
+        )
+
+
+def embed_file(
+    data_path: str | Path,
+    model: str,
+    variant: Optional[str] = None,
+    *,
+    organism: Optional[Organism] = None,
+    params: Optional[dict[str, Any]] = None,
+    weights: Optional[str] = None,
+    device: Optional[str] = None,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+    input_sha256: Optional[str] = None,
+    weights_cache=None,
+) -> RunResult:
+    """Validate, fetch weights, embed. Raises `InputError`, `DatasetValidationError`, `WeightsError`,
+    `ConfigError`, `DeviceOutOfMemory` or `Cancelled` with a message meant for the user."""
+    config = get_model(model)
+    implementation = config.load_implementation()(config, variant, weights_uri=weights,
+                                                  weights_cache=weights_cache, **(params or {}))
+    device = resolve_device(device)
+    started, t0 = utc_now(), time.perf_counter()
+    with PeakMemory(device=device) as peak:
+        progress("read header", 0, 1)
+        header = read_header(data_path)
+        progress("read header", 1, 1)
+        manager = implementation.data_manager(header, organism)
+        output = implementation.execute(manager, device=device, progress=progress, cancel=cancel,
+                                        read_data=lambda: read_anndata(data_path))
+    report = implementation.report
+    if input_sha256 is None:
+        progress("hash input", 0, 1)
+        input_sha256 = sha256_file(data_path)
+        progress("hash input", 1, 1)
+    record = run_record(implementation, output, report, header_path=header.path, sha256=input_sha256,
+                        n_vars=header.n_vars, started=started, wall_s=time.perf_counter() - t0, peak=peak)
+    obs = manager.obs.iloc[np.flatnonzero(manager.cells_kept_n)].copy()
+    for column, values in output.obs.items():
+        obs[column] = values
+    return RunResult(model, implementation.variant, np.asarray(output.emb_nd), obs, record, report)
+
+
+def run_record(implementation, output: RunOutput, report: ValidationReport, *, header_path: str, sha256: str,
+               n_vars: int, started: str, wall_s: float, peak: PeakMemory) -> dict:
+    """How the embedding was made: enough to reproduce or audit it (stored as `uns["czb_run"]`)."""
+    config = implementation.config
+    return {
+        "model": config.name,
+        "model_type": implementation.model_type.value,
+        "display_name": config.display_name,
+        "variant": implementation.variant,
+        "obsm_key": obsm_key(config.name),
+        "embedding_shape": list(output.emb_nd.shape),
+        "input": {"path": header_path, "sha256": sha256, "n_obs": output.n_cells, "n_vars": n_vars},
+        "organism": report.facts.get("organism"),
+        "weights_source": implementation.weights_source(),
+        "weights": implementation.weights_manifest,
+        "weights_warm": implementation.weights_warm,
+        "params": implementation.parameters(),
+        "seed": implementation.args.seed,
+        "batch_size_used": output.batch_size,
+        "facts": output.facts,
+        "notes": output.notes,
+        "validation": [p.to_dict() for p in report.problems],
+        "versions": package_versions(),
+        **device_description(implementation.device),
+        "started_at": started,
+        "finished_at": utc_now(),
+        "wall_s": round(wall_s, 3),
+        "peak_rss_mb": round(peak.peak_rss_mb, 1),
+        "peak_gpu_mb": None if peak.peak_gpu_mb is None else round(peak.peak_gpu_mb, 1),
+    }
+
+
+def write_run_h5ad(result: RunResult, path: str | Path) -> Path:
+    """Write the slim h5ad atomically (a temporary name, then a rename)."""
+    with atomic_path(path) as tmp:
+        result.to_anndata().write_h5ad(tmp)
+    return Path(path)

@@ -1,0 +1,251 @@
+"""Validators: can this model run on this dataset, and if not, what should the user do?
+
+As in cz-benchmarks, a model implementation mixes in a validator
+(`class PCABaseline(PCAValidator, BaseModelImplementation)`), and a `BaseSingleCellValidator` subclass
+must declare `available_organisms`, `required_obs_keys` and `required_var_keys` or fail at class
+creation. Unlike cz-benchmarks, `check()` collects every problem into a `ValidationReport` and works on a
+`DatasetHeader`, so the app and `czb validate` can judge a 200,000-cell file without loading its matrix.
+This module is the one place that judges the data schema; the facts it judges (where the counts are, the
+gene names in the model's naming, the organism) are resolved once by `czb_core.schema.data_manager`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from pathlib import Path
+from typing import ClassVar, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from czb_core.errors import DatasetValidationError
+from czb_core.io.header import DatasetHeader, header_from_anndata
+from czb_core.schema.data_manager import ENSEMBL_COLUMNS, SYMBOL_COLUMNS, DataManager, DataNeeds
+from czb_core.schema.datasets import BaseDataset, SingleCellDataset
+from czb_core.schema.genes import GeneIdSystem
+from czb_core.schema.report import Severity, ValidationReport
+from czb_core.types import DataType, ModelType, Organism
+
+COUNTS_FIX = (
+    "store raw integer UMI/read counts in X, layers['counts'] or raw.X "
+    "(normalised, log-transformed or scaled values cannot be turned back into counts)"
+)
+
+
+class BaseModelValidator(ABC):
+    """What a model needs: a dataset type and typed inputs; subclasses add the checks."""
+
+    dataset_type: ClassVar[type[BaseDataset]]
+    model_type: ClassVar[ModelType]
+    display_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.display_name or type(self).__name__
+
+    @property
+    def inputs(self) -> set[DataType]:
+        """ORGANISM is not listed: an unknown organism is a check (with a fix), not a missing input."""
+        return {DataType.ANNDATA, DataType.METADATA}
+
+    @property
+    def outputs(self) -> set[DataType]:
+        return {DataType.EMBEDDING}
+
+    def validate_dataset(self, dataset: BaseDataset) -> ValidationReport:
+        """Check type and inputs, then every model check; raise one error listing all blocking problems."""
+        if not isinstance(dataset, self.dataset_type):
+            raise TypeError(
+                f"{self.name} expects a {self.dataset_type.__name__}, got {type(dataset).__name__}"
+            )
+        missing = sorted(t.name for t in self.inputs if t not in dataset.inputs)
+        if missing:
+            raise DatasetValidationError(f"{self.name}: dataset is missing inputs {missing}; load it first")
+        report = self._validate_dataset(dataset)
+        report.raise_for_errors()
+        return report
+
+    def _validate_dataset(self, dataset: BaseDataset) -> ValidationReport:
+        return ValidationReport(model=self.name)
+
+
+class BaseSingleCellValidator(BaseModelValidator):
+    """Checks for models of single-cell expression: organism, genes, counts, keys, vocabulary.
+
+    A subclass declares what the model needs (the class attributes below, or `data_needs()` when they
+    depend on the variant and parameters); `check()` judges the facts a `DataManager` resolved from them.
+    Checks that need the model's files (vocabulary overlap) run in `check_weights()`, an explicit step
+    once the weights are on disk, never as a side effect of `check()`.
+    """
+
+    dataset_type = SingleCellDataset
+    available_organisms: ClassVar[Optional[Sequence[Organism]]]  # None: any organism
+    required_obs_keys: ClassVar[Sequence[str]]
+    required_var_keys: ClassVar[Sequence[str]]
+    gene_id_kind: ClassVar[Optional[str]] = None  # "ensembl", "symbol", or None for any naming
+    requires_raw_counts: ClassVar[bool] = True
+    variant: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for attr in ("available_organisms", "required_obs_keys", "required_var_keys"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"{cls.__name__} must define class attribute {attr!r}")
+
+    def data_needs(self) -> DataNeeds:
+        organisms = None if self.available_organisms is None else tuple(self.available_organisms)
+        return DataNeeds(self.gene_id_kind, self.requires_raw_counts, organisms,
+                         tuple(self.required_obs_keys), tuple(self.required_var_keys))
+
+    def data_manager(self, header: DatasetHeader, organism: Optional[Organism] = None) -> DataManager:
+        return DataManager(header, self.data_needs(), organism)
+
+    # -- the checks --------------------------------------------------------------------------------
+
+    def check(self, data: DatasetHeader | DataManager, organism: Optional[Organism] = None) -> ValidationReport:
+        """Every check, every problem; never raises for a data problem. `data` is a header (a data manager
+        is built from it) or the data manager a run already built."""
+        manager = data if isinstance(data, DataManager) else self.data_manager(data, organism)
+        needs = manager.needs
+        report = ValidationReport(model=self.name, variant=self.variant)
+        self._check_organism(report, manager)
+        self._check_gene_ids(report, manager)
+        self._check_keys(report, "obs keys", manager.obs.columns, needs.obs_keys, "obs")
+        self._check_keys(report, "var keys", manager.var.columns, needs.var_keys, "var")
+        self._check_counts(report, manager)
+        self._check_empty_cells(report, manager.header)
+        self._check_duplicates(report, manager)
+        return report
+
+    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
+        """Checks that need the model's files (`weights_dirs`: role -> folder on disk); by default the
+        vocabulary overlap when the model has a vocabulary."""
+        vocab = self.vocabulary(weights_dirs)
+        if vocab is not None:
+            self._check_vocabulary(report, manager.genes_g, vocab)
+
+    def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
+        """Genes the model knows, in its naming, read from its files; None when it has no vocabulary."""
+        return None
+
+    def _validate_dataset(self, dataset: SingleCellDataset) -> ValidationReport:
+        return self.check(header_from_anndata(dataset.adata, dataset.path), dataset.organism)
+
+    def _check_organism(self, report: ValidationReport, manager: DataManager) -> None:
+        report.ran("organism")
+        detected, given = manager.detection, manager.organism_given
+        report.facts["gene ids"] = detected.describe()
+        allowed = manager.needs.organisms
+        if given is not None and detected.organism is not None and detected.organism != given:
+            if detected.organism_from == "ensembl_prefix":
+                report.add("organism", "organism_mismatch", Severity.ERROR,
+                           f"the gene ids look {detected.organism.latin_name} but the organism was given "
+                           f"as {given.latin_name}.",
+                           f"set the organism to {detected.organism.latin_name}, or check the file")
+        organism = manager.organism
+        report.facts["organism"] = (
+            f"{organism.latin_name} ({'given' if given else 'detected from ' + detected.organism_evidence})"
+            if organism else "not detected"
+        )
+        if organism is None:
+            if allowed is None:
+                report.add("organism", "organism_unknown", Severity.INFO,
+                           f"the organism could not be detected from the gene ids; {self.name} accepts any.")
+            else:
+                report.add("organism", "organism_unknown", Severity.ERROR,
+                           f"the organism could not be detected from the gene ids and {self.name} "
+                           f"supports only {_organism_list(allowed)}.",
+                           "set the organism of the dataset")
+        elif allowed is not None and organism not in allowed:
+            report.add("organism", "organism_unsupported", Severity.ERROR,
+                       f"{self.name} supports {_organism_list(allowed)}; this dataset is {organism.latin_name}.",
+                       "choose a model that supports this organism")
+        report.organism = organism
+
+    def _check_gene_ids(self, report: ValidationReport, manager: DataManager) -> None:
+        report.ran("gene ids")
+        naming, system, source = manager.needs.gene_naming, manager.gene_system, manager.gene_source
+        report.facts["genes read from"] = source
+        if naming == "ensembl" and system not in (GeneIdSystem.ENSEMBL, GeneIdSystem.ENSEMBL_VERSIONED):
+            report.add("gene ids", "symbols_not_ids" if system is GeneIdSystem.SYMBOL else "no_ensembl_ids",
+                       Severity.ERROR,
+                       f"{self.name} needs Ensembl gene ids, but var_names and var columns "
+                       f"{list(ENSEMBL_COLUMNS)} hold {system.value} names.",
+                       "map the gene symbols to Ensembl ids (the 'Map symbols to Ensembl ids' fix), or choose "
+                       "the var column that holds Ensembl ids")
+        elif naming == "symbol" and system is not GeneIdSystem.SYMBOL:
+            report.add("gene ids", "ids_not_symbols", Severity.ERROR,
+                       f"{self.name} needs gene symbols, but var_names and var columns "
+                       f"{list(SYMBOL_COLUMNS)} hold {system.value} names.",
+                       "choose the var column that holds gene symbols (the 'Use a var column as gene names' fix)")
+        elif naming == "ensembl" and source != "var_names":
+            report.add("gene ids", "ids_from_column", Severity.INFO, f"Ensembl ids are read from {source}.")
+
+    def _check_keys(self, report, check: str, present, required: Sequence[str], where: str) -> None:
+        report.ran(check)
+        for key in required:
+            if key not in present:
+                report.add(check, f"missing_{where}_key", Severity.ERROR,
+                           f"{self.name} needs the {where} column '{key}', which the dataset lacks.",
+                           f"add {where}['{key}'] or choose an existing column to stand for it")
+
+    def _check_counts(self, report: ValidationReport, manager: DataManager) -> None:
+        report.ran("raw counts")
+        report.ran("finite values")
+        x = manager.header.x_sample
+        location = manager.counts_location
+        report.facts["raw counts"] = location or "not found"
+        if x.has_nonfinite:
+            report.add("finite values", "nonfinite_values", Severity.ERROR,
+                       "X holds NaN or infinite values.", "remove or repair the affected cells before running")
+        if location is None and manager.needs.raw_counts:
+            what = "negative values (scaled data?)" if x.has_negative else f"non-integer values ({x.dtype})"
+            report.add("raw counts", "not_raw_counts", Severity.ERROR,
+                       f"{self.name} needs raw integer counts; X holds {what} and no layers['counts'] or "
+                       "raw.X with counts was found.", COUNTS_FIX)
+        elif location is None:
+            report.add("raw counts", "not_raw_counts", Severity.WARNING,
+                       f"X is not raw counts ({x.dtype}); {self.name} will use it as given.", COUNTS_FIX)
+        elif location != "X":
+            report.add("raw counts", "counts_elsewhere", Severity.INFO,
+                       f"X is not raw counts; the raw counts in {location} will be used.")
+
+    def _check_empty_cells(self, report: ValidationReport, header: DatasetHeader) -> None:
+        report.ran("empty cells")
+        if header.n_empty_cells:
+            scope = "" if header.empty_cells_exact else f" (in a sample of {header.x_sample.n_rows_sampled})"
+            report.add("empty cells", "empty_cells", Severity.WARNING,
+                       f"{header.n_empty_cells:,} cells have no counts{scope}.",
+                       "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)")
+
+    def _check_duplicates(self, report: ValidationReport, manager: DataManager) -> None:
+        report.ran("duplicate genes")
+        keys = pd.Index(manager.genes_g)
+        dup = keys[keys.duplicated()].unique()
+        if len(dup):
+            severity = Severity.ERROR if manager.needs.gene_naming else Severity.WARNING
+            report.add("duplicate genes", "duplicate_genes", severity,
+                       f"{len(dup):,} gene names in {manager.gene_source} occur more than once "
+                       f"(e.g. {', '.join(map(str, dup[:3]))}).",
+                       "sum or drop the duplicate columns, or call adata.var_names_make_unique()")
+
+    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray, vocab: set[str]) -> None:
+        report.ran("vocabulary")
+        share = float(np.isin(gene_names, list(vocab)).mean()) if len(gene_names) else 0.0
+        report.facts["vocabulary overlap"] = f"{share:.1%} of the dataset's genes"
+        if share == 0:
+            report.add("vocabulary", "no_vocabulary_overlap", Severity.ERROR,
+                       f"none of the dataset's genes are in {self.name}'s vocabulary.",
+                       "check the organism and gene naming (a mouse dataset on a human model looks like this)")
+        elif share < 0.2:
+            report.add("vocabulary", "low_vocabulary_overlap", Severity.ERROR,
+                       f"only {share:.1%} of the dataset's genes are in {self.name}'s vocabulary.",
+                       "check the organism and gene naming")
+        elif share < 0.8:
+            report.add("vocabulary", "partial_vocabulary_overlap", Severity.WARNING,
+                       f"{share:.1%} of the dataset's genes are in {self.name}'s vocabulary; "
+                       "the rest are ignored.")
+
+
+def _organism_list(organisms: Sequence[Organism]) -> str:
+    return ", ".join(o.latin_name for o in organisms)

@@ -1,0 +1,1 @@
+"""The shared server: workspace, job store and workers, dataset fixes."""

@@ -1,0 +1,140 @@
+"""Fixes the app can apply for a user; each makes a new dataset version.
+
+The original file is never touched: the workspace stores the result as a version whose parent is
+the original, so a scientist can always see and undo what was changed. `FixRunner` applies fixes on a
+background thread, never in a page script.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from czb_core.errors import InputError
+from czb_core.io.reading import as_csr, read_anndata
+from czb_core.schema.genes import MappingReport, map_symbols_to_ensembl, strip_version
+from czb_core.service.workspace import DatasetRecord, Workspace
+
+
+def sum_duplicate_genes(adata: ad.AnnData, names: Sequence[str]) -> ad.AnnData:
+    """Columns that share a name become one column holding their sum (counts add up)."""
+    codes_g, unique = pd.factorize(pd.Index(names))
+    if len(unique) == len(names):
+        out = adata.copy()
+        out.var_names = pd.Index(unique, dtype=str)
+        return out
+    # merge_gk: genes x kept-genes indicator; x_ng @ merge_gk sums the columns of each group.
+    merge_gk = sp.csr_matrix((np.ones(len(codes_g), np.float32), (np.arange(len(codes_g)), codes_g)),
+                             shape=(len(codes_g), len(unique)))
+    first_g = pd.Series(np.arange(len(codes_g))).groupby(codes_g).first().to_numpy()
+    var = adata.var.iloc[first_g].copy()
+    var.index = pd.Index(unique, dtype=str)
+    layers = {k: as_csr(v) @ merge_gk for k, v in adata.layers.items()}
+    x = as_csr(adata.X) @ merge_gk
+    return ad.AnnData(X=x.astype(adata.X.dtype), obs=adata.obs.copy(), var=var, layers=layers,
+                      obsm=dict(adata.obsm), uns=dict(adata.uns))
+
+
+def use_var_column_as_gene_ids(adata: ad.AnnData, column: str) -> ad.AnnData:
+    """Make `var[column]` the var_names (keeping the old names in `var["original_var_names"]`)."""
+    if column not in adata.var:
+        raise InputError(f"var has no column {column!r}; available: {', '.join(adata.var.columns)}")
+    names = adata.var[column].astype(str).to_numpy()
+    if (names == "").any() or pd.isna(adata.var[column]).any():
+        raise InputError(f"var[{column!r}] has empty values; it cannot name every gene")
+    out = adata.copy()
+    out.var["original_var_names"] = adata.var_names.to_numpy()
+    return sum_duplicate_genes(out, names)
+
+
+def map_symbols_to_ids(adata: ad.AnnData, column: str | None = None) -> tuple[ad.AnnData, MappingReport]:
+    """Symbols (var_names or `var[column]`) to Ensembl ids; duplicates summed, unresolved genes dropped.
+
+    Unresolved genes are dropped because a model keyed by ids cannot use them anyway; the report lists
+    them, so nothing is lost silently.
+    """
+    symbols = adata.var[column].astype(str).to_numpy() if column else adata.var_names.to_numpy()
+    mapping = map_symbols_to_ensembl(symbols)
+    keep = mapping.resolved
+    if not keep.any():
+        raise InputError("no gene symbol could be mapped to a human Ensembl id; is this a human dataset?")
+    out = adata[:, keep].copy()
+    out.var["feature_name"] = symbols[keep]
+    return sum_duplicate_genes(out, strip_version(mapping.mapped[keep].astype(str))), mapping.report
+
+
+def make_batch_key(adata: ad.AnnData, columns: Sequence[str], key: str = "batch") -> ad.AnnData:
+    """`obs[key]` = the listed obs columns joined with '_' (as the Census scVI models build batch)."""
+    missing = [c for c in columns if c not in adata.obs]
+    if missing or not columns:
+        raise InputError(f"obs has no column(s) {missing}; available: {', '.join(adata.obs.columns)}")
+    out = adata.copy()
+    joined = out.obs[list(columns)].astype(str).agg("_".join, axis=1)
+    out.obs[key] = pd.Categorical(joined)
+    return out
+
+
+@dataclass
+class FixResult:
+    """A new dataset version, and the mapping report when the fix mapped gene names."""
+
+    record: DatasetRecord
+    mapping_csv: Optional[str] = None
+    mapping_summary: Optional[str] = None
+
+
+FIXES = {
+    "var_column_as_genes": "genes from a var column",
+    "symbols_to_ids": "symbols mapped",
+    "batch_key": "batch key built",
+}
+
+
+def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] = None, **args) -> FixResult:
+    """Read the dataset, apply one fix, store the result as a version named "<name> · <what changed>"."""
+    if fix not in FIXES:
+        raise InputError(f"unknown fix {fix!r}; one of {', '.join(FIXES)}")
+    record = workspace.get(sha256)
+    adata = read_anndata(workspace.dataset_path(sha256))
+    mapping = None
+    if fix == "var_column_as_genes":
+        adata, note = use_var_column_as_gene_ids(adata, args["column"]), f"genes from var['{args['column']}']"
+    elif fix == "symbols_to_ids":
+        adata, mapping = map_symbols_to_ids(adata, args.get("column"))
+        note = "symbols mapped to Ensembl ids"
+    else:
+        adata = make_batch_key(adata, args["columns"], args.get("key", "batch"))
+        note = f"obs['{args.get('key', 'batch')}'] from {', '.join(args['columns'])}"
+    base = record.name.rsplit(".h5ad", 1)[0]
+    version = workspace.add_anndata(adata, name=f"{base} · {FIXES[fix]}", owner=owner, parent_sha256=sha256,
+                                    note=note)
+    return FixResult(version, mapping.to_csv() if mapping else None, mapping.summary() if mapping else None)
+
+
+class FixRunner:
+    """Runs fixes on a background thread: reading and rewriting a large file takes a while, and a page
+    script is interrupted by every click. A fix is identified by an id the page keeps and polls."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="czb-fix")
+        self._futures: dict[str, Future] = {}
+
+    def submit(self, sha256: str, fix: str, owner: Optional[str] = None, **args) -> str:
+        fix_id = uuid.uuid4().hex[:12]
+        self._futures[fix_id] = self._pool.submit(apply_fix, self.workspace, sha256, fix, owner, **args)
+        return fix_id
+
+    def result(self, fix_id: str) -> Optional[FixResult]:
+        """None while running; the result when done; the fix's own error (a `CzbError`) when it failed."""
+        future = self._futures.get(fix_id)
+        if future is None:
+            raise KeyError(f"no fix {fix_id}")
+        return future.result() if future.done() else None

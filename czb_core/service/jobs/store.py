@@ -1,0 +1,350 @@
+"""Jobs on disk: the `jobs` table of the workspace's SQLite file.
+
+The store, not a worker's memory, is the truth about a job, so a refreshed page re-attaches to its job by
+id, several pages can watch one job, and a server restart loses no finished result. Every method opens
+its own short transaction (see `czb_core.service.database.open_db`), so any thread may call any method.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from czb_core.service.jobs.spec import JobSpec
+from czb_core.tasks.options import MetricOptions
+from czb_core.models.record import utc_now
+from czb_core.service.database import init_db, open_db
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
+    "queued", "running", "done", "failed", "cancelled", "interrupted",
+)
+FINISHED = (DONE, FAILED, CANCELLED, INTERRUPTED)
+RETRYABLE = (FAILED, CANCELLED, INTERRUPTED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    spec_key TEXT NOT NULL,
+    dataset_sha256 TEXT NOT NULL,
+    model TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    device TEXT NOT NULL,
+    step TEXT NOT NULL DEFAULT '',
+    done REAL NOT NULL DEFAULT 0,
+    total REAL,
+    message TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    notes_json TEXT NOT NULL DEFAULT '[]',
+    artifact_dir TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device);
+CREATE INDEX IF NOT EXISTS jobs_spec_key ON jobs (spec_key);
+CREATE INDEX IF NOT EXISTS jobs_dataset ON jobs (dataset_sha256);
+CREATE TABLE IF NOT EXISTS scores (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    options_json TEXT NOT NULL,
+    options_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    step TEXT NOT NULL DEFAULT '',
+    done REAL NOT NULL DEFAULT 0,
+    total REAL,
+    error TEXT,
+    document_path TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS scores_job ON scores (job_id, options_key);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str
+    spec: JobSpec
+    spec_key: str
+    dataset_sha256: str
+    model: str
+    variant: str
+    status: str
+    device: str  # the worker queue: "cpu" or "cuda"
+    step: str = ""
+    done: float = 0.0
+    total: Optional[float] = None
+    message: str = ""
+    error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)  # what the worker changed, e.g. OOM batch-size retries
+    artifact_dir: Optional[Path] = None  # set once the job is done
+    created_at: str = ""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    cancel_requested: bool = False
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def progress_fraction(self) -> float:
+        """0..1 within the current step (1 once done); steps report their own totals."""
+        if self.status == DONE:
+            return 1.0
+        if not self.total:
+            return 0.0
+        return min(1.0, max(0.0, self.done / self.total))
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        data = dict(row)
+        data["spec"] = JobSpec.from_json(data.pop("spec_json"))
+        data["notes"] = json.loads(data.pop("notes_json"))
+        data["artifact_dir"] = Path(data["artifact_dir"]) if data["artifact_dir"] else None
+        data["cancel_requested"] = bool(data["cancel_requested"])
+        return cls(**data)
+
+
+@dataclass
+class Score:
+    """A scoring run: one job's embedding scored with one set of metric options (queued until the job is done)."""
+
+    id: str
+    job_id: str
+    owner: str
+    options: MetricOptions
+    options_key: str
+    status: str
+    step: str = ""
+    done: float = 0.0
+    total: Optional[float] = None
+    error: Optional[str] = None
+    document_path: Optional[Path] = None
+    created_at: str = ""
+    finished_at: Optional[str] = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Score":
+        data = dict(row)
+        data["options"] = MetricOptions.from_dict(json.loads(data.pop("options_json")))
+        data["document_path"] = Path(data["document_path"]) if data["document_path"] else None
+        return cls(**data)
+
+    def document(self) -> dict:
+        """The metrics document of a done score."""
+        return json.loads(self.document_path.read_text())
+
+
+class JobStore:
+    def __init__(self, db_path: Path):
+        self.db_path = Path(db_path)
+        init_db(self.db_path, SCHEMA)
+
+    def create(self, spec: JobSpec, owner: str, device: str) -> Job:
+        job_id = uuid.uuid4().hex[:12]
+        with open_db(self.db_path) as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, owner, spec_json, spec_key, dataset_sha256, model, variant, status, "
+                "device, message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, owner, spec.to_json(), spec.key(), spec.dataset_sha256, spec.model, spec.variant,
+                 QUEUED, device, "queued", utc_now()),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Optional[Job]:
+        with open_db(self.db_path) as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def list(
+        self, dataset_sha256: Optional[str] = None, owner: Optional[str] = None,
+        statuses: Optional[Iterable[str]] = None,
+    ) -> list[Job]:
+        """Newest first, filtered by whichever arguments are given."""
+        clauses, args = [], []
+        if dataset_sha256 is not None:
+            clauses.append("dataset_sha256 = ?")
+            args.append(dataset_sha256)
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if statuses is not None:
+            statuses = list(statuses)
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with open_db(self.db_path) as conn:
+            rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY rowid DESC", args).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def queue_position(self, job_id: str) -> Optional[int]:
+        """1 for the next job its device will take; None unless the job is queued."""
+        with open_db(self.db_path) as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs AS other, jobs AS me WHERE me.id = ? AND me.status = ? "
+                "AND other.status = ? AND other.device = me.device AND other.rowid <= me.rowid",
+                (job_id, QUEUED, QUEUED),
+            ).fetchone()
+        return row[0] or None
+
+    def claim_next(self, device: str) -> Optional[Job]:
+        """Mark the oldest queued job of `device` running and return it (first in, first out)."""
+        with open_db(self.db_path, immediate=True) as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = ? AND device = ? ORDER BY rowid LIMIT 1", (QUEUED, device)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, message = 'starting' WHERE id = ?",
+                (RUNNING, utc_now(), row["id"]),
+            )
+        return self.get(row["id"])
+
+    def update_progress(self, job_id: str, step: str, done: float, total: Optional[float]) -> None:
+        with open_db(self.db_path) as conn:
+            conn.execute(
+                "UPDATE jobs SET step = ?, done = ?, total = ?, message = ? WHERE id = ?",
+                (step, done, total, step, job_id),
+            )
+
+    def set_status(
+        self, job_id: str, status: str, *, message: Optional[str] = None, error: Optional[str] = None,
+        artifact_dir: Optional[Path] = None, only_from: Optional[Iterable[str]] = None,
+    ) -> bool:
+        """Move a job to `status` (stamping finished_at for final ones); with `only_from`, only from those
+        statuses. Returns whether the job moved, so callers can act on races (cancel vs. claim)."""
+        sets = {"status": status, "error": error}
+        if message is not None:
+            sets["message"] = message
+        if artifact_dir is not None:
+            sets["artifact_dir"] = str(artifact_dir)
+        if status in FINISHED:
+            sets["finished_at"] = utc_now()
+        query = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?"
+        args = [*sets.values(), job_id]
+        if only_from is not None:
+            only_from = list(only_from)
+            query += f" AND status IN ({', '.join('?' * len(only_from))})"
+            args.extend(only_from)
+        with open_db(self.db_path) as conn:
+            return conn.execute(query, args).rowcount > 0
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag a running job; its worker stops it at the next cancellation check."""
+        with open_db(self.db_path) as conn:
+            return conn.execute(
+                "UPDATE jobs SET cancel_requested = 1, message = 'cancelling' WHERE id = ? AND status = ?",
+                (job_id, RUNNING),
+            ).rowcount > 0
+
+    def add_note(self, job_id: str, note: str) -> None:
+        with open_db(self.db_path, immediate=True) as conn:
+            (notes_json,) = conn.execute("SELECT notes_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            conn.execute(
+                "UPDATE jobs SET notes_json = ? WHERE id = ?", (json.dumps([*json.loads(notes_json), note]), job_id)
+            )
+
+    def find_done(self, spec_key: str) -> Optional[Job]:
+        """The newest finished-and-successful job with this cache key."""
+        return self._newest(spec_key, (DONE,))
+
+    def find_active(self, spec_key: str) -> Optional[Job]:
+        """A queued or running job with this cache key (a second click on Run joins it)."""
+        return self._newest(spec_key, (QUEUED, RUNNING))
+
+    def mark_interrupted_on_startup(self) -> int:
+        """Jobs left running by a previous server process can never finish: make them retryable."""
+        with open_db(self.db_path) as conn:
+            return conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, message = ? WHERE status = ?",
+                (INTERRUPTED, utc_now(), "the server restarted while this job was running; retry it", RUNNING),
+            ).rowcount
+
+    def _newest(self, spec_key: str, statuses: tuple[str, ...]) -> Optional[Job]:
+        with open_db(self.db_path) as conn:
+            row = conn.execute(
+                f"SELECT * FROM jobs WHERE spec_key = ? AND status IN ({', '.join('?' * len(statuses))}) "
+                "ORDER BY rowid DESC LIMIT 1",
+                (spec_key, *statuses),
+            ).fetchone()
+        return Job.from_row(row) if row else None
+
+    # -- scoring runs ------------------------------------------------------------------------------
+
+    def create_score(self, job_id: str, options: MetricOptions, owner: str) -> Score:
+        score_id = uuid.uuid4().hex[:12]
+        with open_db(self.db_path) as conn:
+            conn.execute(
+                "INSERT INTO scores (id, job_id, owner, options_json, options_key, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (score_id, job_id, owner, options.canonical_json(), options.key(), QUEUED, utc_now()),
+            )
+        return self.get_score(score_id)
+
+    def get_score(self, score_id: str) -> Optional[Score]:
+        with open_db(self.db_path) as conn:
+            row = conn.execute("SELECT * FROM scores WHERE id = ?", (score_id,)).fetchone()
+        return Score.from_row(row) if row else None
+
+    def scores_of(self, job_id: str) -> list[Score]:
+        """Newest first."""
+        with open_db(self.db_path) as conn:
+            rows = conn.execute("SELECT * FROM scores WHERE job_id = ? ORDER BY rowid DESC", (job_id,)).fetchall()
+        return [Score.from_row(r) for r in rows]
+
+    def find_score(self, job_id: str, options_key: str, statuses: Iterable[str]) -> Optional[Score]:
+        statuses = list(statuses)
+        with open_db(self.db_path) as conn:
+            row = conn.execute(
+                f"SELECT * FROM scores WHERE job_id = ? AND options_key = ? AND status IN "
+                f"({', '.join('?' * len(statuses))}) ORDER BY rowid DESC LIMIT 1",
+                (job_id, options_key, *statuses),
+            ).fetchone()
+        return Score.from_row(row) if row else None
+
+    def claim_next_score(self) -> Optional[Score]:
+        """The oldest queued score whose embedding is done, marked running; scores of jobs that can no
+        longer finish are cancelled on the way."""
+        with open_db(self.db_path, immediate=True) as conn:
+            conn.execute(
+                f"UPDATE scores SET status = ?, finished_at = ?, error = 'the run did not finish' WHERE status = ? "
+                f"AND job_id IN (SELECT id FROM jobs WHERE status IN ({', '.join('?' * len(RETRYABLE))}))",
+                (CANCELLED, utc_now(), QUEUED, *RETRYABLE),
+            )
+            row = conn.execute(
+                "SELECT scores.id FROM scores JOIN jobs ON jobs.id = scores.job_id WHERE scores.status = ? "
+                "AND jobs.status = ? ORDER BY scores.rowid LIMIT 1", (QUEUED, DONE),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE scores SET status = ? WHERE id = ?", (RUNNING, row["id"]))
+        return self.get_score(row["id"])
+
+    def update_score_progress(self, score_id: str, step: str, done: float, total: Optional[float]) -> None:
+        with open_db(self.db_path) as conn:
+            conn.execute("UPDATE scores SET step = ?, done = ?, total = ? WHERE id = ?", (step, done, total, score_id))
+
+    def finish_score(self, score_id: str, status: str, *, error: Optional[str] = None,
+                     document_path: Optional[Path] = None) -> None:
+        with open_db(self.db_path) as conn:
+            conn.execute(
+                "UPDATE scores SET status = ?, error = ?, document_path = ?, finished_at = ? WHERE id = ?",
+                (status, error, str(document_path) if document_path else None, utc_now(), score_id),
+            )
+
+    def requeue_running_scores(self) -> int:
+        """Scoring left running by a previous server process starts over (it reads only finished files)."""
+        with open_db(self.db_path) as conn:
+            return conn.execute("UPDATE scores SET status = ?, step = '' WHERE status = ?", (QUEUED, RUNNING)).rowcount

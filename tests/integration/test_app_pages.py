@@ -1,0 +1,114 @@
+"""Each page under Streamlit's AppTest (in-process, no browser): what it shows for a given dataset."""
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from czb_core.service.workspace import Workspace
+from tests.helpers.data import log_normalised
+
+TIMEOUT = 60
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def fresh_manager():
+    """The job manager is a per-process resource; each test has its own CZB_HOME, so drop the old one."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    from pages.common import job_manager
+
+    job_manager().shutdown(timeout=5)
+    st.cache_resource.clear()
+
+
+def page(name: str, **query) -> AppTest:
+    """The app (with its navigation, which page links need) switched to `pages/<name>.py`."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at.switch_page(f"pages/{name}.py").run()
+
+
+def test_dataset_page_offers_sources_then_summarises_the_demo(small_h5ad, monkeypatch):
+    monkeypatch.setenv("CZB_DEMO", str(small_h5ad))
+    at = page("dataset")
+    assert at.radio[0].options == ["Upload a file", "Path on this server", "Demo dataset"]
+    at.radio[0].set_value("Demo dataset").run()
+    at.button[0].click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells"] == "400" and metrics["Genes"] == "300" and metrics["Raw counts in"] == "X"
+    assert any("Suggested label column" in m.value and "cell_type" in m.value for m in at.markdown)
+
+
+def test_server_path_outside_the_allowed_roots_is_refused(tmp_path, small_h5ad, monkeypatch):
+    monkeypatch.setenv("CZB_DATA_ROOTS", str(tmp_path / "allowed"))
+    at = page("dataset")
+    at.radio[0].set_value("Path on this server").run()
+    at.text_input[0].set_value(str(small_h5ad)).run()
+    at.button[0].click().run()
+    assert at.error and "outside the allowed data folders" in at.error[0].value
+
+
+def test_validate_page_shows_the_matrix_and_blocks(small_adata, write_h5ad):
+    ok = Workspace().add_file(write_h5ad(small_adata))
+    at = page("validate", dataset=ok.sha256)
+    assert not at.exception
+    assert any(e.label.startswith("pca / default: can run") for e in at.expander)
+    bad = Workspace().add_file(write_h5ad(log_normalised(small_adata)))
+    at = page("validate", dataset=bad.sha256)
+    (expander,) = [e for e in at.expander if e.label.startswith("pca / default")]
+    assert "1 blocking" in expander.label
+    assert any("raw integer counts" in e.value for e in at.error)
+
+
+def test_run_button_is_disabled_while_a_check_blocks(small_adata, write_h5ad):
+    bad = Workspace().add_file(write_h5ad(log_normalised(small_adata)))
+    at = page("run", dataset=bad.sha256)
+    run_button = next(b for b in at.button if b.label == "Run")
+    assert run_button.disabled
+    assert any("raw integer counts" in e.value for e in at.error)
+
+
+def test_run_page_parameters_change_what_the_model_needs(small_h5ad):
+    """scVI Census variants need the Census batch columns, unless the user picks a constant batch."""
+    record = Workspace().add_file(small_h5ad)
+    at = page("run", dataset=record.sha256)
+    model_box = next(s for s in at.selectbox if s.label == "Model")
+    model_box.set_value("scvi").run()
+    next(s for s in at.selectbox if s.label == "Variant").set_value("homo_sapiens").run()
+    assert next(b for b in at.button if b.label == "Run").disabled
+    assert any("dataset_id" in e.value for e in at.error)
+    batch_key = next(s for s in at.selectbox if s.label == "Batch key")
+    assert "`batch_key`" in batch_key.help  # a readable label, the argument's name in the help
+    batch_key.set_value("unassigned").run()
+    assert not at.exception
+    assert not next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_results_page_without_runs_says_so(small_h5ad):
+    record = Workspace().add_file(small_h5ad)
+    at = page("results", dataset=record.sha256)
+    assert any("No finished run" in i.value for i in at.info)
+
+
+def test_pages_without_a_dataset_point_to_the_dataset_page():
+    for name in ("validate", "run", "results"):
+        at = page(name)
+        assert any("Choose a dataset first" in i.value for i in at.info), name
+
+
+def test_run_page_offers_geneformer_perturbation_inputs(small_h5ad):
+    record = Workspace().add_file(small_h5ad)
+    at = page("run", dataset=record.sha256)
+    next(s for s in at.selectbox if s.label == "Model").set_value("geneformer").run()
+    assert not at.exception and not at.error
+    helps = " ".join(t.help for t in at.text_input)
+    assert all(f"`{name}`" in helps for name in ("feature_deletion", "feature_activation", "feature_map"))
+    assert {"Delete genes", "Activate genes", "Map genes to tokens"} <= {t.label for t in at.text_input}
+    assert "token_dictionary_file" not in helps  # a variant fact, not a parameter
+    assert not next(b for b in at.button if b.label == "Run").disabled
