@@ -9,8 +9,7 @@ import streamlit as st
 
 from czb_core.config import get_settings
 from czb_core.errors import CzbError
-from czb_core.schema.data_manager import DataManager
-from czb_core.schema.genes import detect_gene_ids
+from czb_core.schema.data_manager import DataManager, detect_organism_of
 from czb_core.viz.qc import per_cell_qc
 from czb_core.io.synthetic import write_demo
 from czb_core.tasks.column_roles import suggest_columns
@@ -72,7 +71,7 @@ try:
 except CzbError as exc:
     st.error(str(exc))
     st.stop()
-detection = detect_gene_ids(header.var_names.to_numpy())
+detection = detect_organism_of(header)
 roles = suggest_columns(header.obs)
 x = header.x_sample
 cols = st.columns(5)

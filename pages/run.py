@@ -19,7 +19,7 @@ st.title("Run")
 record = require_dataset()
 manager = job_manager()
 models = discover_models()
-organism_name = recall("organism")
+organism_name = record.organism  # set on the Validate page for this dataset, else detected
 
 left, right = st.columns([1, 1])
 with left:

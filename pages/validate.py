@@ -6,7 +6,9 @@ import streamlit as st
 from czb_core.errors import CzbError
 from czb_core.schema.report import CHECKS
 from czb_core.types import Organism
-from pages.common import all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset
+from czb_core.schema.data_manager import detect_organism_of
+from pages.common import (all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset,
+                          workspace)
 
 STATUS_STYLE = {"ok": "background-color:#c8e6c9", "info": "background-color:#c8e6c9",
                 "warning": "background-color:#ffe0b2", "error": "background-color:#ffcdd2",
@@ -17,30 +19,35 @@ st.title("Validate")
 record = require_dataset()
 header = dataset_header(str(record.path), record.sha256)
 
-organism_names = ["detect from gene ids"] + [o.latin_name for o in Organism]
-chosen = recall("organism")
-organism_name = st.selectbox("Organism", organism_names,
-                             index=organism_names.index(chosen) if chosen in organism_names else 0)
-remember("organism", None if organism_name == organism_names[0] else organism_name)
-organism = None if organism_name == organism_names[0] else Organism.parse(organism_name)
+detection = detect_organism_of(header)
+st.write(f"**Genes:** {detection.describe()}")
+organism_names = ["detect from the gene names"] + [o.latin_name for o in Organism]
+organism_name = st.selectbox("Organism of this dataset", organism_names,
+                             index=organism_names.index(record.organism) if record.organism in organism_names else 0)
+chosen = None if organism_name == organism_names[0] else organism_name
+if chosen != record.organism:
+    record = workspace().set_organism(record.sha256, chosen)
+organism = Organism.parse(chosen) if chosen else None
+dataset_organism = organism or detection.organism
 
 
 reports = all_reports(str(record.path), record.sha256, organism.latin_name if organism else None)
 matrix = pd.DataFrame(
     {key: {check: rep["checks"].get(check, "not run") for check in CHECKS} for key, rep in reports.items()}
 ).T
-matrix.insert(0, "verdict", ["blocked" if not rep["ok"] else "can run" for rep in reports.values()])
+matrix.insert(0, "verdict", [rep["verdict"] for rep in reports.values()])
 st.subheader("Compatibility")
 st.dataframe(
     matrix.style.map(lambda v: STATUS_STYLE.get(v, ""), subset=list(CHECKS))
-    .map(lambda v: STATUS_STYLE["error" if v == "blocked" else "ok"], subset=["verdict"]).format(
+    .map(lambda v: STATUS_STYLE["error" if v == "blocked" else "warning" if "once" in v else "ok"],
+         subset=["verdict"]).format(
         lambda v: STATUS_TEXT.get(v, v), subset=list(CHECKS)),
     use_container_width=True,
 )
 
 for key, rep in reports.items():
     problems = [p for p in rep["problems"] if p["severity"] != "info"]
-    label = f"{key}: " + ("can run" if rep["ok"] else f"{sum(p['severity'] == 'error' for p in problems)} blocking")
+    label = f"{key}: " + (rep["verdict"] if rep["ok"] else f"{sum(p['severity'] == 'error' for p in problems)} blocking")
     with st.expander(label, expanded=not rep["ok"]):
         for fact, value in rep["facts"].items():
             st.write(f"**{fact}:** {value}")
@@ -83,14 +90,29 @@ with st.expander("Use a var column as the gene names"):
     if st.button("Create version", key="fix_column_go", disabled=header.var.empty):
         start_fix("var_column_as_genes", column=column)
 
-with st.expander("Map gene symbols to Ensembl ids (human)"):
+with st.expander("Map gene symbols to Ensembl ids"):
     source = st.selectbox("Symbols are in", ["var_names"] + list(header.var.columns), key="fix_symbols")
-    if st.button("Map and create version", key="fix_symbols_go"):
-        start_fix("symbols_to_ids", column=None if source == "var_names" else source)
+    if dataset_organism is None:
+        st.caption("Set the organism of this dataset first: symbols are mapped within its own species.")
+    else:
+        st.caption(f"Symbols are mapped to {dataset_organism.latin_name} genes, case-insensitively.")
+    if st.button("Map and create version", key="fix_symbols_go", disabled=dataset_organism is None):
+        start_fix("symbols_to_ids", column=None if source == "var_names" else source,
+                  organism=dataset_organism.latin_name)
     if "mapping_report" in st.session_state:
         summary, csv = st.session_state["mapping_report"]
         st.write(summary)
         st.download_button("Download the mapping report (CSV)", csv, "gene_mapping_report.csv", "text/csv")
+
+with st.expander("Cross-species experiment: use another species' orthologs (not a fix)"):
+    st.caption("Replaces each gene by its one-to-one ortholog in the target species, so a model of that species "
+               "can read the cells. The cells stay what they are: results are a cross-species experiment, and "
+               "the report says how many genes survive.")
+    target = st.selectbox("Target species", [o.latin_name for o in (Organism.HUMAN, Organism.MOUSE)
+                                             if o is not dataset_organism], key="fix_orth_target")
+    if st.button("Map to orthologs and create a labelled version", key="fix_orth_go",
+                 disabled=dataset_organism is None):
+        start_fix("orthologs", source=dataset_organism.latin_name, target=target)
 
 with st.expander("Build a batch key from obs columns"):
     chosen_cols = st.multiselect("obs columns", list(header.obs.columns), key="fix_batch_cols")

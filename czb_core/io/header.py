@@ -59,6 +59,7 @@ class DatasetHeader:
     matrices: dict[str, MatrixSample] = field(default_factory=dict)
     n_empty_cells: Optional[int] = None  # exact when X is CSR, else from the sample
     empty_cells_exact: bool = False
+    species: Optional[object] = field(default=None, repr=False)  # the species detection, once computed
 
     @property
     def counts_location(self) -> Optional[str]:

@@ -15,15 +15,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from czb_core.schema.genes import human_gene_table
+from czb_core.schema.gene_references import gene_table
+from czb_core.types import Organism
 
 DEMO_CELL_TYPES = ("T cell", "B cell", "NK cell", "monocyte", "dendritic cell", "platelet")
 
 
 def pick_human_genes(n_genes: int, seed: int = 0) -> pd.DataFrame:
     """`n_genes` distinct GENCODE genes with unique symbols, in a seeded random order."""
-    table = human_gene_table()
-    table = table[table["gene_name"] != table["gene_id"]]  # GENCODE names unnamed genes by their id
+    table = gene_table(Organism.HUMAN)
+    table = table[(table["gene_name"] != table["gene_id"]) & (table["gene_name"] != "")]  # named genes only
     table = table.drop_duplicates("gene_id").drop_duplicates("gene_name", keep=False)
     if n_genes > len(table):
         raise ValueError(f"at most {len(table)} distinct human genes are available")

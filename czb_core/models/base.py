@@ -181,7 +181,9 @@ class BaseModelImplementation(ABC):
             return
         dirs = self.cached_weights_dirs()
         if dirs is None:
-            report.facts["vocabulary"] = "unknown until the weights are downloaded (with the first run)"
+            size = self.variant_config.weights_size_mb
+            report.pending = f"its weights ({size:,.0f} MB) are downloaded" if size else "its weights are downloaded"
+            report.facts["vocabulary"] = "unknown until the weights are downloaded"
             return
         self.check_weights(manager, report, dirs)
 

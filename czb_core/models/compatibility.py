@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from czb_core.io.header import DatasetHeader
 from czb_core.models.registry import ModelConfig, discover_models
-from czb_core.schema.report import ValidationReport
+from czb_core.errors import ConfigError
+from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import Organism
 
 
@@ -52,9 +53,17 @@ class ModelVerdict:
 
 
 def compatibility_matrix(header: DatasetHeader, organism: Optional[Organism] = None) -> list[ModelVerdict]:
-    """Every model with every variant's report, in registry order (the PCA baseline first)."""
-    return [
-        ModelVerdict(name, config.display_name,
-                     {variant: check_variant(header, config, variant, organism) for variant in config.variants})
-        for name, config in discover_models().items()
-    ]
+    """Every model with every variant's report, in registry order (the PCA baseline first); a model whose
+    runner cannot be loaded is listed as blocked with the reason."""
+    verdicts = []
+    for name, config in discover_models().items():
+        reports = {}
+        for variant in config.variants:
+            try:
+                reports[variant] = check_variant(header, config, variant, organism)
+            except ConfigError as exc:
+                reports[variant] = ValidationReport(model=config.display_name, variant=variant)
+                reports[variant].add("model", "runner_unavailable", Severity.ERROR, str(exc),
+                                     "ask the server's administrator to repair or remove this model")
+        verdicts.append(ModelVerdict(name, config.display_name, reports))
+    return verdicts

@@ -66,7 +66,10 @@ class ModelConfig:
         return self.variants[key]
 
     def load_implementation(self) -> type:
-        module = importlib.import_module(f"model_runners.{self.name}.model")
+        try:
+            module = importlib.import_module(f"model_runners.{self.name}.model")
+        except ImportError as exc:  # a runner that cannot be imported must not take the other models down
+            raise ConfigError(f"model_runners/{self.name}/model.py cannot be imported ({exc})") from exc
         try:
             return getattr(module, self.implementation)
         except AttributeError:

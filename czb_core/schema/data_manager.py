@@ -20,7 +20,8 @@ import scipy.sparse as sp
 from czb_core.errors import ConfigError
 from czb_core.io.header import DatasetHeader
 from czb_core.io.reading import as_csr
-from czb_core.schema.genes import GeneIdDetection, GeneIdSystem, detect_gene_ids, strip_version
+from czb_core.schema.gene_references import strip_version
+from czb_core.schema.species import GeneIdSystem, SpeciesDetection, compare_declared_organism, detect_species, gene_id_system
 from czb_core.types import Organism
 
 ENSEMBL_COLUMNS = ("ensembl_id", "feature_id", "gene_ids", "gene_id")
@@ -89,21 +90,26 @@ def resolve_gene_names(var: pd.DataFrame, var_names: pd.Index, naming: Optional[
     candidates = [("var_names", var_names)] + [(f"var['{c}']", var[c]) for c in columns if c in var]
     for source, names in candidates:
         names = np.asarray(names, dtype=str)
-        if detect_gene_ids(names).system in systems:
+        if gene_id_system(names) in systems:
             return source, strip_version(names) if naming == "ensembl" else names
     return "var_names", names_g
 
 
-def detect_organism_of(var: pd.DataFrame, var_names: pd.Index) -> GeneIdDetection:
-    """Gene-id detection on var_names, or on an Ensembl-id var column when var_names are symbols."""
-    detected = detect_gene_ids(np.asarray(var_names, dtype=str))
-    if detected.organism_from != "ensembl_prefix":
-        for column in ENSEMBL_COLUMNS:
-            if column in var:
-                from_column = detect_gene_ids(np.asarray(var[column], dtype=str))
-                if from_column.organism_from == "ensembl_prefix":
-                    return from_column
-    return detected
+def detect_organism_of(header: DatasetHeader) -> SpeciesDetection:
+    """The species of the dataset's genes, from var_names, or from an Ensembl-id var column when the
+    names alone cannot decide (ids decide where symbols shared by related species cannot). Computed once
+    per header: every model's data manager reads the same answer."""
+    if header.species is None:
+        detected = detect_species(np.asarray(header.var_names, dtype=str))
+        if detected.uncertain:
+            for column in ENSEMBL_COLUMNS:
+                if column in header.var:
+                    from_column = detect_species(np.asarray(header.var[column], dtype=str))
+                    if not from_column.uncertain:
+                        detected = from_column
+                        break
+        header.species = detected
+    return header.species
 
 
 class DataManager:
@@ -119,10 +125,12 @@ class DataManager:
         else:
             self.var, self.var_names = header.var, header.var_names
         self.gene_source, self.genes_g = resolve_gene_names(self.var, self.var_names, needs.gene_naming)
-        self.gene_system = detect_gene_ids(self.genes_g).system
-        self.detection = detect_organism_of(header.var, header.var_names)
+        self.gene_system = gene_id_system(self.genes_g)
+        self.detection = detect_organism_of(header)
         self.organism_given = organism
         self.organism: Optional[Organism] = organism or self.detection.organism
+        # a set organism that strong evidence contradicts: kept (the user decides), with both figures
+        self.organism_check = None if organism is None else compare_declared_organism(self.detection, organism)
         self.cells_kept_n = np.ones(header.n_obs, dtype=bool)  # every cell, until a runner's filter says otherwise
         self._adata: Optional[ad.AnnData] = None
 

@@ -63,6 +63,7 @@ class ValidationReport:
     checks_run: list[str] = field(default_factory=list)
     facts: dict = field(default_factory=dict)  # detected organism, gene-id system, overlap, ...
     organism: Optional[Organism] = None  # given, or detected from the gene ids
+    pending: str = ""  # what must happen before "can run" holds, e.g. "its weights (1,259 MB) are downloaded"
 
     def add(self, check: str, code: str, severity: Severity, message: str, fix: str = "") -> None:
         self.problems.append(Problem(check, code, Severity(severity), message, fix))
@@ -83,6 +84,13 @@ class ValidationReport:
     def ok(self) -> bool:
         """True when nothing blocks the run (warnings and infos allowed)."""
         return not self.errors
+
+    @property
+    def verdict(self) -> str:
+        """"blocked", "can run", or "can run once ..." when something (a download) must happen first."""
+        if not self.ok:
+            return "blocked"
+        return f"can run once {self.pending}" if self.pending else "can run"
 
     def status(self, check: str) -> str:
         """`ok`, `info`, `warning`, `error`, or `not run` for one check."""
@@ -105,6 +113,7 @@ class ValidationReport:
             "model": self.model,
             "variant": self.variant,
             "ok": self.ok,
+            "verdict": self.verdict,
             "checks": {c: self.status(c) for c in self.checks_run},
             "problems": [p.to_dict() for p in self.problems],
             "facts": self.facts,
@@ -113,7 +122,8 @@ class ValidationReport:
     def format_text(self) -> str:
         """The plain-text report the CLI prints."""
         head = f"{self.model}" + (f" / {self.variant}" if self.variant else "")
-        verdict = "OK: nothing blocks a run" if self.ok else f"BLOCKED: {len(self.errors)} error(s)"
+        verdict = (f"OK: nothing blocks a run{'; it ' + self.verdict if self.pending else ''}" if self.ok
+                   else f"BLOCKED: {len(self.errors)} error(s)")
         lines = [f"{head}: {verdict}"]
         for key, value in self.facts.items():
             lines.append(f"  {key}: {value}")

@@ -32,6 +32,7 @@ import pandas as pd
 from czb_core.schema.gene_references import (
     id_owners,
     is_gene_id,
+    looks_like_gene_id,
     organism_species,
     reference_info,
     symbol_species_masks,
@@ -372,6 +373,20 @@ def _decide(
         + ("" if several else f" (a call needs {MIN_UNIQUE} unique names and {DOMINANCE}x any other species')")
     )
     return None, candidates, "" if several else _group_of(candidates), why
+
+
+def gene_id_system(names: Any) -> GeneIdSystem:
+    """The naming of `names` from their shape alone, without reading any reference: cheap enough to
+    choose, among var_names and var columns, the one that holds a model's naming."""
+    s = _as_names(names)
+    s = s[s != ""]
+    is_id = pd.Series(looks_like_gene_id(s), index=s.index, dtype=bool)
+    is_number = ~is_id & s.str.match(_NUMBER).astype(bool)
+    is_symbol = ~is_id & ~is_number & s.str.match(_SYMBOL_LIKE).astype(bool)
+    ids, numbers = s[is_id], s[is_number]
+    versioned = int(ids.str.contains(r"\.\d+(?:_PAR_Y)?$", regex=True).sum())
+    positional = bool(len(numbers)) and len(numbers) >= _MAJORITY * len(s) and _is_positional(numbers)
+    return _classify_system(len(ids), versioned, int(is_symbol.sum()), len(numbers), positional)
 
 
 def detect_species(names: Any) -> SpeciesDetection:

@@ -22,10 +22,11 @@ from czb_core.errors import DatasetValidationError
 from czb_core.io.header import DatasetHeader, header_from_anndata
 from czb_core.schema.data_manager import ENSEMBL_COLUMNS, SYMBOL_COLUMNS, DataManager, DataNeeds
 from czb_core.schema.datasets import BaseDataset, SingleCellDataset
-from czb_core.schema.genes import GeneIdSystem
+from czb_core.schema.species import GeneIdSystem
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import DataType, ModelType, Organism
 
+SMALL_PANEL_SHARE = 0.25  # of a model's vocabulary: below it, the dataset looks like a targeted gene panel
 COUNTS_FIX = (
     "store raw integer UMI/read counts in X, layers['counts'] or raw.X "
     "(normalised, log-transformed or scaled values cannot be turned back into counts)"
@@ -84,6 +85,8 @@ class BaseSingleCellValidator(BaseModelValidator):
     required_var_keys: ClassVar[Sequence[str]]
     gene_id_kind: ClassVar[Optional[str]] = None  # "ensembl", "symbol", or None for any naming
     requires_raw_counts: ClassVar[bool] = True
+    # vocabulary overlap: an error below the first share of the dataset's genes, a warning below the second
+    vocabulary_shares: ClassVar[tuple[float, float]] = (0.2, 0.8)
     variant: Optional[str] = None
 
     def __init_subclass__(cls, **kwargs):
@@ -122,10 +125,15 @@ class BaseSingleCellValidator(BaseModelValidator):
         vocabulary overlap when the model has a vocabulary."""
         vocab = self.vocabulary(weights_dirs)
         if vocab is not None:
-            self._check_vocabulary(report, manager.genes_g, vocab)
+            self._check_vocabulary(report, manager.genes_g, vocab, self.vocabulary_size(weights_dirs) or len(vocab))
 
     def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
-        """Genes the model knows, in its naming, read from its files; None when it has no vocabulary."""
+        """Names the model knows, in its naming, read from its files; None when it has no vocabulary."""
+        return None
+
+    def vocabulary_size(self, weights_dirs: dict[str, Path]) -> Optional[int]:
+        """How many genes the model knows, when `vocabulary()` also holds other names for them (symbols,
+        retired ids); None: the vocabulary's own size."""
         return None
 
     def _validate_dataset(self, dataset: SingleCellDataset) -> ValidationReport:
@@ -133,33 +141,30 @@ class BaseSingleCellValidator(BaseModelValidator):
 
     def _check_organism(self, report: ValidationReport, manager: DataManager) -> None:
         report.ran("organism")
-        detected, given = manager.detection, manager.organism_given
+        detected, given, allowed = manager.detection, manager.organism_given, manager.needs.organisms
         report.facts["gene ids"] = detected.describe()
-        allowed = manager.needs.organisms
-        if given is not None and detected.organism is not None and detected.organism != given:
-            if detected.organism_from == "ensembl_prefix":
-                report.add("organism", "organism_mismatch", Severity.ERROR,
-                           f"the gene ids look {detected.organism.latin_name} but the organism was given "
-                           f"as {given.latin_name}.",
-                           f"set the organism to {detected.organism.latin_name}, or check the file")
+        if manager.organism_check is not None and manager.organism_check.contradicts:
+            report.add("organism", "organism_mismatch", Severity.WARNING, manager.organism_check.message + ".",
+                       f"set the organism to {detected.organism.latin_name} unless you know the gene names mislead")
         organism = manager.organism
-        report.facts["organism"] = (
-            f"{organism.latin_name} ({'given' if given else 'detected from ' + detected.organism_evidence})"
-            if organism else "not detected"
-        )
+        if organism is None:
+            report.facts["organism"] = f"not decided: {detected.reason}"
+        else:
+            report.facts["organism"] = f"{organism.latin_name} ({'set' if given else 'detected from the gene names'})"
         if organism is None:
             if allowed is None:
                 report.add("organism", "organism_unknown", Severity.INFO,
-                           f"the organism could not be detected from the gene ids; {self.name} accepts any.")
+                           f"the species of the genes is not decided ({detected.reason}); {self.name} accepts any.")
             else:
                 report.add("organism", "organism_unknown", Severity.ERROR,
-                           f"the organism could not be detected from the gene ids and {self.name} "
+                           f"the species of the genes is not decided ({detected.reason}) and {self.name} "
                            f"supports only {_organism_list(allowed)}.",
-                           "set the organism of the dataset")
+                           "set the organism of the dataset (the Organism choice above)")
         elif allowed is not None and organism not in allowed:
             report.add("organism", "organism_unsupported", Severity.ERROR,
                        f"{self.name} supports {_organism_list(allowed)}; this dataset is {organism.latin_name}.",
-                       "choose a model that supports this organism")
+                       f"choose a model that supports {organism.latin_name}; mapping genes to another species' "
+                       "orthologs is offered only as a labelled cross-species option")
         report.organism = organism
 
     def _check_gene_ids(self, report: ValidationReport, manager: DataManager) -> None:
@@ -229,22 +234,32 @@ class BaseSingleCellValidator(BaseModelValidator):
                        f"(e.g. {', '.join(map(str, dup[:3]))}).",
                        "sum or drop the duplicate columns, or call adata.var_names_make_unique()")
 
-    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray, vocab: set[str]) -> None:
+    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray, vocab: set[str],
+                          n_model_genes: int) -> None:
         report.ran("vocabulary")
-        share = float(np.isin(gene_names, list(vocab)).mean()) if len(gene_names) else 0.0
+        known_g = np.isin(gene_names, list(vocab)) if len(gene_names) else np.zeros(0, dtype=bool)
+        share = float(known_g.mean()) if len(gene_names) else 0.0
+        n_known = len(set(gene_names[known_g]))
+        covered = n_known / max(n_model_genes, 1)
         report.facts["vocabulary overlap"] = f"{share:.1%} of the dataset's genes"
+        report.facts["vocabulary covered"] = f"{n_known:,} of the model's {n_model_genes:,} genes ({covered:.1%})"
         if share == 0:
             report.add("vocabulary", "no_vocabulary_overlap", Severity.ERROR,
                        f"none of the dataset's genes are in {self.name}'s vocabulary.",
                        "check the organism and gene naming (a mouse dataset on a human model looks like this)")
-        elif share < 0.2:
+        elif share < self.vocabulary_shares[0]:
             report.add("vocabulary", "low_vocabulary_overlap", Severity.ERROR,
                        f"only {share:.1%} of the dataset's genes are in {self.name}'s vocabulary.",
                        "check the organism and gene naming")
-        elif share < 0.8:
+        elif share < self.vocabulary_shares[1]:
             report.add("vocabulary", "partial_vocabulary_overlap", Severity.WARNING,
                        f"{share:.1%} of the dataset's genes are in {self.name}'s vocabulary; "
                        "the rest are ignored.")
+        if share > 0 and covered < SMALL_PANEL_SHARE:
+            report.add("vocabulary", "small_gene_panel", Severity.WARNING,
+                       f"the dataset's genes cover only {covered:.1%} of {self.name}'s {n_model_genes:,}-gene "
+                       f"vocabulary ({n_known:,} genes: a targeted panel?); a whole-transcriptome model sees "
+                       "little of each cell, so compare it with the PCA baseline before trusting it.")
 
 
 def _organism_list(organisms: Sequence[Organism]) -> str:

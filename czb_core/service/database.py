@@ -45,3 +45,11 @@ def init_db(db_path: Path, schema: str) -> None:
         conn.executescript(schema)
     finally:
         conn.close()
+
+
+def add_missing_column(db_path: Path, table: str, column: str, sql_type: str) -> None:
+    """Add a column that a newer version of a table has, to a database made before it existed."""
+    with open_db(db_path) as conn:
+        columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")

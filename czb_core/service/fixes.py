@@ -19,8 +19,10 @@ import scipy.sparse as sp
 
 from czb_core.errors import InputError
 from czb_core.io.reading import as_csr, read_anndata
-from czb_core.schema.genes import MappingReport, map_symbols_to_ensembl, strip_version
+from czb_core.schema.gene_mapping import MappingReport, map_through_orthologs
+from czb_core.schema.gene_mapping import map_symbols_to_ids as map_symbols_to_ids_of_species
 from czb_core.service.workspace import DatasetRecord, Workspace
+from czb_core.types import Organism
 
 
 def sum_duplicate_genes(adata: ad.AnnData, names: Sequence[str]) -> ad.AnnData:
@@ -54,20 +56,37 @@ def use_var_column_as_gene_ids(adata: ad.AnnData, column: str) -> ad.AnnData:
     return sum_duplicate_genes(out, names)
 
 
-def map_symbols_to_ids(adata: ad.AnnData, column: str | None = None) -> tuple[ad.AnnData, MappingReport]:
-    """Symbols (var_names or `var[column]`) to Ensembl ids; duplicates summed, unresolved genes dropped.
+def map_symbols_to_ids(adata: ad.AnnData, organism: Organism, column: str | None = None
+                       ) -> tuple[ad.AnnData, MappingReport]:
+    """Symbols (var_names or `var[column]`) of the dataset's own species to its Ensembl ids; duplicates
+    summed, unresolved genes dropped.
 
     Unresolved genes are dropped because a model keyed by ids cannot use them anyway; the report lists
     them, so nothing is lost silently.
     """
     symbols = adata.var[column].astype(str).to_numpy() if column else adata.var_names.to_numpy()
-    mapping = map_symbols_to_ensembl(symbols)
+    mapping = map_symbols_to_ids_of_species(symbols, organism)
+    return _keep_mapped(adata, symbols, mapping, f"no gene symbol could be mapped to a {organism.latin_name} "
+                                                 "Ensembl id; is the organism right?")
+
+
+def map_to_orthologs(adata: ad.AnnData, source: Organism, target: Organism, column: str | None = None
+                     ) -> tuple[ad.AnnData, MappingReport]:
+    """A cross-species experiment, never a default: genes of `source` to the Ensembl ids of their
+    one-to-one `target` orthologs (the report gives the share kept)."""
+    names = adata.var[column].astype(str).to_numpy() if column else adata.var_names.to_numpy()
+    mapping = map_through_orthologs(names, source, target, to="id")
+    return _keep_mapped(adata, names, mapping, f"no {source.latin_name} gene has a one-to-one "
+                                               f"{target.latin_name} ortholog")
+
+
+def _keep_mapped(adata: ad.AnnData, names: np.ndarray, mapping, nothing: str) -> tuple[ad.AnnData, MappingReport]:
     keep = mapping.resolved
     if not keep.any():
-        raise InputError("no gene symbol could be mapped to a human Ensembl id; is this a human dataset?")
+        raise InputError(nothing)
     out = adata[:, keep].copy()
-    out.var["feature_name"] = symbols[keep]
-    return sum_duplicate_genes(out, strip_version(mapping.mapped[keep].astype(str))), mapping.report
+    out.var["feature_name"] = names[keep]
+    return sum_duplicate_genes(out, mapping.mapped[keep].astype(str)), mapping.report
 
 
 def make_batch_key(adata: ad.AnnData, columns: Sequence[str], key: str = "batch") -> ad.AnnData:
@@ -93,6 +112,7 @@ class FixResult:
 FIXES = {
     "var_column_as_genes": "genes from a var column",
     "symbols_to_ids": "symbols mapped",
+    "orthologs": "orthologs (cross-species)",
     "batch_key": "batch key built",
 }
 
@@ -107,8 +127,14 @@ def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] 
     if fix == "var_column_as_genes":
         adata, note = use_var_column_as_gene_ids(adata, args["column"]), f"genes from var['{args['column']}']"
     elif fix == "symbols_to_ids":
-        adata, mapping = map_symbols_to_ids(adata, args.get("column"))
-        note = "symbols mapped to Ensembl ids"
+        organism = Organism.parse(args["organism"])
+        adata, mapping = map_symbols_to_ids(adata, organism, args.get("column"))
+        note = f"symbols mapped to {organism.latin_name} Ensembl ids ({mapping.reference.label})"
+    elif fix == "orthologs":
+        source, target = Organism.parse(args["source"]), Organism.parse(args["target"])
+        adata, mapping = map_to_orthologs(adata, source, target, args.get("column"))
+        note = (f"cross-species: {source.latin_name} genes as {target.latin_name} orthologs "
+                f"({mapping.share_kept:.0%} of genes kept)")
     else:
         adata = make_batch_key(adata, args["columns"], args.get("key", "batch"))
         note = f"obs['{args.get('key', 'batch')}'] from {', '.join(args['columns'])}"

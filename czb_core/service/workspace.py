@@ -24,7 +24,7 @@ from czb_core.errors import InputError
 from czb_core.io.hashing import sha256_file
 from czb_core.io.reading import check_readable
 from czb_core.models.record import utc_now
-from czb_core.service.database import DB_NAME, init_db, open_db
+from czb_core.service.database import DB_NAME, add_missing_column, init_db, open_db
 
 CHUNK_BYTES = 8 << 20
 
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     created_at TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
     parent_sha256 TEXT,
-    note TEXT NOT NULL DEFAULT ''
+    note TEXT NOT NULL DEFAULT '',
+    organism TEXT
 );
 """
 
@@ -53,6 +54,7 @@ class DatasetRecord:
     size_bytes: int
     parent_sha256: Optional[str] = None  # the dataset this version was derived from
     note: str = ""  # what made this version, e.g. "symbols mapped to Ensembl ids"
+    organism: Optional[str] = None  # set by the user for this dataset (else detected from its genes)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "DatasetRecord":
@@ -68,6 +70,7 @@ class Workspace:
         self.datasets_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
         init_db(self.db_path, SCHEMA)
+        add_missing_column(self.db_path, "datasets", "organism", "TEXT")  # workspaces made before it existed
 
     # -- adding ------------------------------------------------------------------------------------
 
@@ -168,6 +171,12 @@ class Workspace:
             raise KeyError(f"no dataset with sha256 {sha256[:12]}... in the workspace {self.root}; add it again")
         return DatasetRecord.from_row(row)
 
+    def set_organism(self, sha256: str, organism: Optional[str]) -> DatasetRecord:
+        """The organism a user set for this dataset (None: detect it from the genes again)."""
+        with open_db(self.db_path) as conn:
+            conn.execute("UPDATE datasets SET organism = ? WHERE sha256 = ?", (organism, sha256))
+        return self.get(sha256)
+
     def list(self, owner: Optional[str] = None) -> list[DatasetRecord]:
         """Newest first; every owner's datasets when `owner` is None."""
         query, args = "SELECT * FROM datasets", ()
@@ -213,7 +222,8 @@ class Workspace:
         """Insert unless the content is known; the first record of a content hash is kept."""
         with open_db(self.db_path) as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO datasets (sha256, name, path, owner, created_at, size_bytes, parent_sha256, "
+                "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (sha, name, str(path), owner or get_settings().user, utc_now(), path.stat().st_size,
                  parent_sha256, note),
             )

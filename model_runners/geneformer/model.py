@@ -77,6 +77,10 @@ class GeneformerValidator(BaseSingleCellValidator):
         """Names the tokenizer places on a gene token (Ensembl ids, retired ids, symbols)."""
         return self.load_dictionaries(weights_dirs[DICTIONARIES]).accepted_names
 
+    def vocabulary_size(self, weights_dirs: dict[str, Path]) -> Optional[int]:
+        dictionaries = self.load_dictionaries(weights_dirs[DICTIONARIES])
+        return len(dictionaries.token_ids) - dictionaries.n_special
+
     def load_dictionaries(self, folder: Path) -> GeneDictionaries:
         r = self.variant_config.resources
         files = DictionaryFiles(r["token_dictionary_file"], r["gene_median_file"], r["gene_mapping_file"])

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from czb_core.io.header import header_from_anndata, read_header
 from czb_core.schema.data_manager import BatchSpec, DataManager, DataNeeds
 from czb_core.schema.datasets import SingleCellDataset
-from czb_core.schema.genes import GeneIdSystem
+from czb_core.schema.species import GeneIdSystem
 from czb_core.types import Organism
 from tests.helpers.data import log_normalised
 

@@ -4,6 +4,7 @@ import scipy.sparse as sp
 
 from czb_core.errors import InputError
 from czb_core.service.fixes import make_batch_key, map_symbols_to_ids, sum_duplicate_genes, use_var_column_as_gene_ids
+from czb_core.types import Organism
 from czb_core.viz.qc import per_cell_qc
 
 
@@ -24,7 +25,8 @@ def test_map_symbols_to_ids_round_trip(small_adata):
     names = symbols.var_names.to_numpy().copy()
     names[0] = "NOT_A_GENE_XYZ"
     symbols.var_names = names
-    mapped, report = map_symbols_to_ids(symbols)
+    mapped, report = map_symbols_to_ids(symbols, Organism.HUMAN)
+    assert "GENCODE" in report.source  # the reference release is recorded
     assert report.n_unresolved == 1 and "NOT_A_GENE_XYZ" in report.to_csv()
     assert mapped.n_vars == small_adata.n_vars - 1
     assert set(mapped.var_names) == set(small_adata.var_names[1:])

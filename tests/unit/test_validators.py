@@ -1,7 +1,6 @@
 """Every check of BaseSingleCellValidator, on headers of generated files."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -71,7 +70,11 @@ def test_mouse_ids_on_a_human_only_model(small_adata, write_h5ad):
 
 def test_given_organism_contradicted_by_ids(small_h5ad):
     report = HumanEnsemblValidator().check(read_header(small_h5ad), Organism.MOUSE)
-    assert "organism_mismatch" in codes(report)
+    (mismatch,) = [p for p in report.problems if p.code == "organism_mismatch"]
+    assert mismatch.severity is Severity.WARNING  # the user's choice stands, with both figures beside it
+    assert "organism set to mouse, but the gene names say human" in mismatch.message
+    assert "human explains" in mismatch.message and "mouse explains" in mismatch.message
+    assert "organism_unsupported" in codes(report)  # and a human-only model refuses what was set
 
 
 def test_symbols_where_ids_are_needed(small_adata, write_h5ad):
@@ -161,7 +164,7 @@ def test_validate_dataset_raises_one_error_listing_every_problem(small_adata, wr
         HumanEnsemblValidator().validate_dataset(ds)
     text = str(info.value)
     assert isinstance(info.value, ValueError)
-    for code in ("organism_mismatch", "missing_obs_key", "not_raw_counts"):
+    for code in ("organism_unsupported", "missing_obs_key", "not_raw_counts"):
         assert code in text
     assert len(info.value.report.errors) >= 3
 
@@ -169,3 +172,14 @@ def test_validate_dataset_raises_one_error_listing_every_problem(small_adata, wr
 def test_validate_dataset_checks_the_dataset_type():
     with pytest.raises(TypeError, match="expects a SingleCellDataset"):
         HumanEnsemblValidator().validate_dataset(object())
+
+
+def test_a_small_panel_against_a_whole_transcriptome_vocabulary_is_a_warning(small_h5ad):
+    ids = list(read_header(small_h5ad).var_names)
+    validator = HumanEnsemblValidator(vocab=set(ids) | {f"ENSG9{i:010d}" for i in range(20_000)})
+    manager = validator.data_manager(read_header(small_h5ad))
+    report = validator.check(manager)
+    validator.check_weights(manager, report, {})
+    (panel,) = [p for p in report.problems if p.code == "small_gene_panel"]
+    assert panel.severity is Severity.WARNING and "cover only 1.5%" in panel.message and "20,300-gene" in panel.message
+    assert report.facts["vocabulary covered"] == "300 of the model's 20,300 genes (1.5%)"
