@@ -44,16 +44,20 @@ def cmd_models(args) -> int:
     for name, cfg in discover_models().items():
         for vname, variant in cfg.variants.items():
             uri = variant.weights.get("model") or next(iter(variant.weights.values()), None)
-            cached = "not needed" if uri is None else ("cached" if cache.is_cached(uri) else "not cached")
+            if uri is None:
+                cached = "give with --weights" if variant.weights_from else "not needed"
+            else:
+                cached = "cached" if cache.is_cached(uri) else "not cached"
             rows.append({"model": name, "display_name": cfg.display_name, "variant": vname,
-                         "default": vname == cfg.default_variant, "weights": uri, "weights_status": cached,
+                         "default": vname == cfg.default_variant, "weights": uri or variant.weights_from or None,
+                         "weights_status": cached,
                          "organisms": cfg.card.organisms, "embedding_dim": cfg.card.embedding_dim})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             star = "*" if r["default"] else " "
-            print(f"{r['model']:18s} {star}{r['variant']:24s} weights: {r['weights_status']:11s} "
+            print(f"{r['model']:18s} {star}{r['variant']:24s} weights: {r['weights_status']:19s} "
                   f"{r['display_name']}")
     return 0
 

@@ -32,7 +32,8 @@ with right:
     st.markdown(f"**{config.display_name}** — {config.description}")
     weights = variant_config.weights.get("model") or next(iter(variant_config.weights.values()), None)
     if weights is None:
-        weights_line = "none needed"
+        weights_line = (f"to be given: download them from {variant_config.weights_from}"
+                        if variant_config.weights_from else "none needed")
     else:
         from czb_core.models.weights import WeightsCache
 

@@ -30,7 +30,7 @@ from czb_core.models.runner import LOADED_MODELS, RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.datasets import BaseDataset
-from czb_core.schema.report import ValidationReport
+from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import DataType
 
 MODEL_ROLE = "model"  # the weights entry that holds the model itself; other roles are its resources
@@ -104,8 +104,13 @@ class BaseModelImplementation(ABC):
         return self._weights_cache
 
     def weights_sources(self) -> dict[str, str]:
-        """role -> URI of every weights entry; `--weights` replaces the model entry (or the only one)."""
+        """role -> URI of every weights entry; `--weights` replaces the model entry (or the only one).
+        A variant whose weights have no download (`weights_from`) needs `--weights`."""
         sources = dict(self.variant_config.weights)
+        if not sources and self.variant_config.weights_from:
+            if not self.weights_uri:
+                raise ConfigError(" Fix: ".join(self.missing_weights_problem()))
+            return {MODEL_ROLE: self.weights_uri}
         if not sources:
             if self.weights_uri:
                 raise ConfigError(f"{self.display_name} / {self.variant} uses no weights; drop --weights")
@@ -114,12 +119,26 @@ class BaseModelImplementation(ABC):
             sources[MODEL_ROLE if MODEL_ROLE in sources else next(iter(sources))] = self.weights_uri
         return sources
 
+    @property
+    def weights_missing(self) -> bool:
+        """Weights that have no download and were not given: there is nothing to load."""
+        return bool(self.variant_config.weights_from) and not self.variant_config.weights and not self.weights_uri
+
+    def missing_weights_problem(self) -> tuple[str, str]:
+        """(message, fix) for a variant whose weights must be given and were not."""
+        return (f"{self.display_name} / {self.variant} has no weights to download: its authors publish them "
+                "only on their own site.",
+                f"download them from {self.variant_config.weights_from} and give the folder "
+                f"(--weights DIR, or import it into the weights cache)")
+
     def weights_source(self) -> Optional[str]:
         """The URI of the model entry (or the only entry), None for a model without weights."""
         sources = self.weights_sources()
         return sources.get(MODEL_ROLE) or next(iter(sources.values()), None)
 
     def weights_cached(self) -> bool:
+        if self.weights_missing:
+            return False
         return all(self.weights_cache.is_cached(uri) for uri in self.weights_sources().values())
 
     def fetch_weights(self, progress: ProgressCallback = no_progress,
@@ -177,6 +196,11 @@ class BaseModelImplementation(ABC):
 
     def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
         """The checks that need weights, when the weights are cached already; otherwise say what is unknown."""
+        if self.weights_missing:
+            report.ran("weights")
+            report.add("weights", "weights_not_given", Severity.ERROR, *self.missing_weights_problem())
+            report.facts["vocabulary"] = "unknown until the weights are given"
+            return
         if not self.weights_sources():
             return
         dirs = self.cached_weights_dirs()

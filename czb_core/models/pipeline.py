@@ -90,6 +90,8 @@ def embed_file(
         progress("hash input", 1, 1)
     record = run_record(implementation, output, report, header_path=header.path, sha256=input_sha256,
                         n_vars=header.n_vars, started=started, wall_s=time.perf_counter() - t0, peak=peak)
+    record["genes"] = {"read from": manager.gene_source, "naming": manager.gene_system.value,
+                       "species": manager.detection.describe(), "reference": manager.detection.reference}
     obs = manager.obs.iloc[np.flatnonzero(manager.cells_kept_n)].copy()
     for column, values in output.obs.items():
         obs[column] = values

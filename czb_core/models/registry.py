@@ -36,6 +36,7 @@ class VariantConfig:
     name: str
     description: str = ""
     weights: dict[str, str] = field(default_factory=dict)  # role -> URI (s3://, https://, path)
+    weights_from: str = ""  # where to get weights that have no download: they must be given (--weights)
     weights_sha256: dict[str, str] = field(default_factory=dict)  # relative path -> expected sha256
     weights_size_mb: Optional[float] = None
     params: dict[str, Any] = field(default_factory=dict)  # variant defaults, overridable per run
@@ -43,7 +44,7 @@ class VariantConfig:
 
     @property
     def needs_weights(self) -> bool:
-        return bool(self.weights)
+        return bool(self.weights) or bool(self.weights_from)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,11 @@ class Vocab:
     def cls_id(self) -> int:
         return self.token_ids[CLS_TOKEN]
 
+    @property
+    def gene_names(self) -> frozenset[str]:
+        """The genes the model knows (every token but the specials): what a dataset's names must match."""
+        return frozenset(self._gene_ids)
+
     def tokens_of(self, names: Iterable[str]) -> np.ndarray:
         """Token per gene name (int64, -1 when unknown): exact, case-sensitive symbol match.
 

@@ -4,7 +4,8 @@ A checkpoint folder holds `vocab.json` (`{token: id}`: the genes, then `<pad>`, 
 `args.json` (the training arguments, tiny sizes, the real key names) and `best_model.pt` (a `torch.save`d
 state dict with the attention's fused projection under `self_attn.Wqkv.*`, plus decoder heads an
 embedding does not use). Tensors are random but not degenerate (LayerNorm weights near 1), so a wrong
-wiring shows in the outputs.
+wiring shows in the outputs. `PlainScgpt` is the reference forward pass the runner is checked against:
+torch.nn building blocks loaded straight from `best_model.pt`, one cell at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
 import torch
+from torch import nn
 
 TINY_ARGS = {
     "embsize": 16, "nheads": 2, "d_hid": 24, "nlayers": 2, "n_layers_cls": 3, "dropout": 0.2,
@@ -96,3 +99,50 @@ def write_pickled_checkpoint(folder: Path, genes: Iterable[str]) -> Path:
     state = torch.load(folder / "best_model.pt", weights_only=True)
     torch.save({"state_dict": state, "record": TrainingRecord(5)}, folder / "best_model.pt")
     return folder
+
+
+class PlainScgpt:
+    """One cell at a time, no padding, no masks: the published architecture from its parts."""
+
+    def __init__(self, folder: Path):
+        state = torch.load(folder / "best_model.pt", weights_only=True)
+        args = json.loads((folder / "args.json").read_text())
+        d = args["embsize"]
+        self.genes = nn.Embedding.from_pretrained(state["encoder.embedding.weight"])
+        self.gene_norm = self._norm(d, state, "encoder.enc_norm")
+        self.value1 = self._linear(state, "value_encoder.linear1")
+        self.value2 = self._linear(state, "value_encoder.linear2")
+        self.value_norm = self._norm(d, state, "value_encoder.norm")
+        self.layers = []
+        for i in range(args["nlayers"]):
+            layer = nn.TransformerEncoderLayer(d, args["nheads"], args["d_hid"], dropout=0.0, batch_first=True)
+            prefix = f"transformer_encoder.layers.{i}."
+            layer.load_state_dict({
+                key[len(prefix):].replace("Wqkv.weight", "in_proj_weight").replace("Wqkv.bias", "in_proj_bias"): value
+                for key, value in state.items() if key.startswith(prefix)
+            })
+            self.layers.append(layer.eval())
+
+    @staticmethod
+    def _linear(state, name) -> nn.Linear:
+        weight = state[name + ".weight"]
+        linear = nn.Linear(weight.shape[1], weight.shape[0])
+        linear.load_state_dict({"weight": weight, "bias": state[name + ".bias"]})
+        return linear
+
+    @staticmethod
+    def _norm(d, state, name) -> nn.LayerNorm:
+        norm = nn.LayerNorm(d)
+        norm.load_state_dict({"weight": state[name + ".weight"], "bias": state[name + ".bias"]})
+        return norm
+
+    @torch.no_grad()
+    def embed(self, genes: np.ndarray, values: np.ndarray, mode: str, normalize: bool = True) -> np.ndarray:
+        genes_l = torch.from_numpy(genes.astype(np.int64))
+        values_l1 = torch.from_numpy(values.astype(np.float32))[:, None].clamp(max=512)
+        x_ld = self.gene_norm(self.genes(genes_l)) + self.value_norm(self.value2(torch.relu(self.value1(values_l1))))
+        x_1ld = x_ld[None]
+        for layer in self.layers:
+            x_1ld = layer(x_1ld)
+        out_d = x_1ld[0, 0] if mode == "cls" else x_1ld[0, 1:].mean(0)
+        return (out_d / out_d.norm() if normalize else out_d).numpy()

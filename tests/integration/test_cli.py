@@ -96,6 +96,7 @@ def test_run_writes_the_slim_h5ad_with_a_run_record(capsys, small_h5ad, small_ad
     assert int(record["params"]["n_comps"]) == 12 and int(record["seed"]) == 3
     assert record["versions"]["scanpy"] and float(record["peak_rss_mb"]) > 0
     assert record["started_at"] <= record["finished_at"]
+    assert record["genes"]["reference"].startswith("GENCODE v48") and "human:" in record["genes"]["species"]
 
 
 def test_python_dash_m_entry_point(small_h5ad):

@@ -1,7 +1,8 @@
 """scGPT's encoder on tiny checkpoints in the real format, against a plain one-cell-at-a-time forward pass.
 
-The reference below is written here with torch.nn building blocks (`Embedding`, `LayerNorm`, `Linear`,
-`TransformerEncoderLayer`), loaded straight from `best_model.pt`; it shares no code with the runner.
+The reference (`PlainScgpt` in the test helpers) is built from torch.nn building blocks (`Embedding`,
+`LayerNorm`, `Linear`, `TransformerEncoderLayer`), loaded straight from `best_model.pt`; it shares no code
+with the runner.
 """
 
 from __future__ import annotations
@@ -15,65 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
-from torch import nn
 
 from czb_core.errors import Cancelled, ConfigError, InputError, WeightsError
 from czb_core.progress import CancelToken
 from model_runners.scgpt.files import load_args, load_vocab
 from model_runners.scgpt.inference import embed, load_model
 from model_runners.scgpt.tokenizer import tokenize
-from tests.helpers.scgpt_files import gene_symbols, write_checkpoint, write_pickled_checkpoint
+from tests.helpers.scgpt_files import PlainScgpt, gene_symbols, write_checkpoint, write_pickled_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 N_GENES = 120
-
-
-class PlainScgpt:
-    """One cell at a time, no padding, no masks: the published architecture from its parts."""
-
-    def __init__(self, folder: Path):
-        state = torch.load(folder / "best_model.pt", weights_only=True)
-        args = json.loads((folder / "args.json").read_text())
-        d = args["embsize"]
-        self.genes = nn.Embedding.from_pretrained(state["encoder.embedding.weight"])
-        self.gene_norm = self._norm(d, state, "encoder.enc_norm")
-        self.value1 = self._linear(state, "value_encoder.linear1")
-        self.value2 = self._linear(state, "value_encoder.linear2")
-        self.value_norm = self._norm(d, state, "value_encoder.norm")
-        self.layers = []
-        for i in range(args["nlayers"]):
-            layer = nn.TransformerEncoderLayer(d, args["nheads"], args["d_hid"], dropout=0.0, batch_first=True)
-            prefix = f"transformer_encoder.layers.{i}."
-            layer.load_state_dict({
-                key[len(prefix):].replace("Wqkv.weight", "in_proj_weight").replace("Wqkv.bias", "in_proj_bias"): value
-                for key, value in state.items() if key.startswith(prefix)
-            })
-            self.layers.append(layer.eval())
-
-    @staticmethod
-    def _linear(state, name) -> nn.Linear:
-        weight = state[name + ".weight"]
-        linear = nn.Linear(weight.shape[1], weight.shape[0])
-        linear.load_state_dict({"weight": weight, "bias": state[name + ".bias"]})
-        return linear
-
-    @staticmethod
-    def _norm(d, state, name) -> nn.LayerNorm:
-        norm = nn.LayerNorm(d)
-        norm.load_state_dict({"weight": state[name + ".weight"], "bias": state[name + ".bias"]})
-        return norm
-
-    @torch.no_grad()
-    def embed(self, genes: np.ndarray, values: np.ndarray, mode: str, normalize: bool = True) -> np.ndarray:
-        genes_l = torch.from_numpy(genes.astype(np.int64))
-        values_l1 = torch.from_numpy(values.astype(np.float32))[:, None].clamp(max=512)
-        x_ld = self.gene_norm(self.genes(genes_l)) + self.value_norm(self.value2(torch.relu(self.value1(values_l1))))
-        x_1ld = x_ld[None]
-        for layer in self.layers:
-            x_1ld = layer(x_1ld)
-        out_d = x_1ld[0, 0] if mode == "cls" else x_1ld[0, 1:].mean(0)
-        return (out_d / out_d.norm() if normalize else out_d).numpy()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,129 @@
+"""scGPT (Cui et al. 2024): binned expression of each cell's detected genes through a transformer encoder.
+
+One weights entry per variant, `model`: a checkpoint folder (`best_model.pt`, `args.json`, `vocab.json`)
+whose own `args.json` gives the sizes, input length and binning. Only the whole-human checkpoint has a
+copy to download; the authors' other checkpoints are variants whose folder the user gives (`--weights`),
+and their `weights_from` says where to get it.
+
+`prepare` tokenizes a block of cells (seeded: tie breaks in binning and the sampling of long cells);
+`embed` runs the encoder in batches of similar length. Cells with no gene in the vocabulary cannot be
+embedded (their sequence would be `<cls>` alone), so the validator counts them once the data is loaded
+and the run stops with that count and a fix instead of failing in the middle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
+from czb_core.models.params import Param
+from czb_core.models.runner import RunOutput
+from czb_core.schema.data_manager import SYMBOL_COLUMNS, DataManager
+from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.types import ModelType, Organism
+from model_runners.scgpt.cells import TokenizedCells
+from model_runners.scgpt.files import Vocab, load_args, load_vocab
+from model_runners.scgpt.inference import EMBEDDING_MODES, PRECISIONS, auto_batch_size, embed, load_model
+from model_runners.scgpt.tokenizer import match_genes, tokenize
+
+NO_GENES_FIX = (
+    "filter out the cells without any of scGPT's genes first (e.g. keep the vocabulary genes, then "
+    "sc.pp.filter_cells(adata, min_genes=1)); such cells carry nothing for the model to read"
+)
+IDS_TO_SYMBOLS_FIX = (
+    "add the gene symbols as var['feature_name'] (CELLxGENE files carry them), e.g. by mapping the Ensembl "
+    "ids to symbols with czb_core.schema.gene_mapping.map_ids_to_symbols"
+)
+
+
+class ScgptValidator(BaseSingleCellValidator):
+    """Human, gene symbols, raw counts; the vocabulary overlap and the cells without a vocabulary gene
+    once the checkpoint is on disk. Mixed into `Scgpt`."""
+
+    model_type = ModelType.SCGPT
+    available_organisms = (Organism.HUMAN,)
+    required_obs_keys = ()
+    required_var_keys = ()
+    gene_id_kind = "symbol"
+    requires_raw_counts = True
+    vocabulary_shares = (0.1, 0.5)  # genes outside the vocabulary are dropped; under 10% leaves too little
+
+    def check(self, data, organism: Optional[Organism] = None) -> ValidationReport:
+        """The base checks, with the fix for Ensembl ids that no var column names as symbols, and cells
+        without counts (which can have no gene) as blocking."""
+        manager = data if isinstance(data, DataManager) else self.data_manager(data, organism)
+        report = super().check(manager)
+        if not any(column in manager.var for column in SYMBOL_COLUMNS):
+            report.problems = [replace(p, fix=IDS_TO_SYMBOLS_FIX) if p.code == "ids_not_symbols" else p
+                               for p in report.problems]
+        header = manager.header
+        if header.n_empty_cells:
+            scope = "" if header.empty_cells_exact else f" in a sample of {header.x_sample.n_rows_sampled}"
+            self._report_no_genes(report, f"{header.n_empty_cells:,} cells{scope} have no counts at all")
+        return report
+
+    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
+        """The vocabulary overlap and, once the data is loaded, the exact count of cells without a vocabulary gene."""
+        super().check_weights(manager, report, weights_dirs)
+        if not manager.is_bound:
+            return
+        rows = np.flatnonzero(manager.cells_kept_n)
+        known_g = (match_genes(manager.genes_g, self.read_vocab(weights_dirs)).token_c >= 0).astype(np.int64)
+        detected_n = np.asarray((manager.counts(rows) > 0).astype(np.int64) @ known_g).ravel()
+        empty = np.flatnonzero(detected_n == 0)
+        if len(empty):
+            names = ", ".join(map(str, manager.obs.index[rows[empty[:3]]]))
+            self._report_no_genes(report, f"{len(empty):,} of {len(detected_n):,} cells have no gene in the "
+                                          f"vocabulary (e.g. {names})")
+
+    def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
+        """The gene symbols of the checkpoint's `vocab.json` (special tokens excluded)."""
+        return set(self.read_vocab(weights_dirs).gene_names)
+
+    @staticmethod
+    def read_vocab(weights_dirs: dict[str, Path]) -> Vocab:
+        folder = weights_dirs[MODEL_ROLE]
+        return load_vocab(folder, load_args(folder).pad_token)
+
+    def _report_no_genes(self, report: ValidationReport, what: str) -> None:
+        report.add("empty cells", "cells_without_genes", Severity.ERROR,
+                   f"{what}; {self.name} cannot embed a cell without a vocabulary gene.", NO_GENES_FIX)
+
+
+class Scgpt(ScgptValidator, BaseModelImplementation):
+    """One scGPT checkpoint. The whole-human variant downloads its folder; the others take it from `--weights`."""
+
+    display_name = "scGPT"
+    params = (
+        Param("emb_mode", "str", "cls", "cls: the output at <cls> (the authors' and cz-benchmarks' choice); "
+              "mean: the average over the cell's gene positions", label="Embedding", choices=EMBEDDING_MODES),
+        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU; fp16 needs a GPU",
+              label="Precision", choices=PRECISIONS),
+    )
+    default_batch_size = None  # from the free GPU memory, 16 on the CPU (see inference.auto_batch_size)
+
+    # -- the protocol ------------------------------------------------------------------------------
+
+    def load(self, weights_dir: Path, device: str) -> None:
+        self.model = load_model(weights_dir, device)
+
+    def prepare(self, rows, manager: DataManager) -> TokenizedCells:
+        return tokenize(manager.counts(rows), manager.genes_g, self.model.vocab, self.model.args, self.args.seed)
+
+    def embed(self, inputs: TokenizedCells, batch_size, progress, cancel) -> RunOutput:
+        self.batch_size_used = batch_size or auto_batch_size(self.model, int(inputs.lengths.max(initial=1)))
+        emb_nd = embed(self.model, inputs, mode=self.args.emb_mode, batch_size=self.batch_size_used,
+                       precision=self.args.precision, progress=progress, cancel=cancel)
+        max_genes = self.model.args.max_seq_len - 1
+        facts = {
+            "tokenizer seed": inputs.seed,
+            "vocabulary genes per cell": f"median {np.median(inputs.n_genes):.0f}, max {inputs.n_genes.max():,}",
+            "cells sampled": f"{np.count_nonzero(inputs.n_genes > max_genes):,} cells had more than "
+                             f"{max_genes:,} genes and kept a seeded random {max_genes:,} of them",
+        }
+        return RunOutput(emb_nd=emb_nd, facts=facts)
