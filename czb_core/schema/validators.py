@@ -17,6 +17,7 @@ from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from czb_core.errors import DatasetValidationError
 from czb_core.io.header import DatasetHeader, header_from_anndata
@@ -87,6 +88,10 @@ class BaseSingleCellValidator(BaseModelValidator):
     requires_raw_counts: ClassVar[bool] = True
     # vocabulary overlap: an error below the first share of the dataset's genes, a warning below the second
     vocabulary_shares: ClassVar[tuple[float, float]] = (0.2, 0.8)
+    # a model that reads a cell through its genes cannot embed a cell with none of its genes: set these
+    cell_input: ClassVar[Optional[str]] = None  # what such a cell lacks, e.g. "tokens"; None: empty cells only warn
+    no_genes_fix: ClassVar[str] = ("filter out cells without the model's genes first (keep its genes, then "
+                                   "sc.pp.filter_cells(adata, min_genes=1)); such cells carry nothing to read")
     variant: Optional[str] = None
 
     def __init_subclass__(cls, **kwargs):
@@ -121,11 +126,27 @@ class BaseSingleCellValidator(BaseModelValidator):
         return report
 
     def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
-        """Checks that need the model's files (`weights_dirs`: role -> folder on disk); by default the
-        vocabulary overlap when the model has a vocabulary."""
+        """Checks that need the model's files (`weights_dirs`: role -> folder on disk): the vocabulary overlap
+        when the model has a vocabulary and, once the data is loaded, the cells with none of its genes."""
+        known_g = self.known_genes(manager.genes_g, weights_dirs)
+        if known_g is None:
+            return
+        n_model_genes = self.vocabulary_size(weights_dirs) or len(self.vocabulary(weights_dirs))
+        self._check_vocabulary(report, manager.genes_g, known_g, n_model_genes)
+        if manager.is_bound and self.cell_input is not None:
+            rows = np.flatnonzero(manager.cells_kept_n)
+            detected_n = genes_detected_per_cell(manager.counts(rows), known_g)
+            empty = np.flatnonzero(detected_n == 0)
+            if len(empty):
+                names = ", ".join(map(str, manager.obs.index[rows[empty[:3]]]))
+                self._report_cells_without_genes(report, f"{len(empty):,} of {len(detected_n):,} cells have no gene "
+                                                         f"in the vocabulary (e.g. {names})")
+
+    def known_genes(self, genes_g: np.ndarray, weights_dirs: dict[str, Path]) -> Optional[np.ndarray]:
+        """Which of the dataset's genes the model reads (bool per gene), None without a vocabulary. By
+        default a name in `vocabulary()`; a model that matches names its own way overrides this."""
         vocab = self.vocabulary(weights_dirs)
-        if vocab is not None:
-            self._check_vocabulary(report, manager.genes_g, vocab, self.vocabulary_size(weights_dirs) or len(vocab))
+        return None if vocab is None else np.isin(genes_g, list(vocab))
 
     def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
         """Names the model knows, in its naming, read from its files; None when it has no vocabulary."""
@@ -217,11 +238,20 @@ class BaseSingleCellValidator(BaseModelValidator):
 
     def _check_empty_cells(self, report: ValidationReport, header: DatasetHeader) -> None:
         report.ran("empty cells")
-        if header.n_empty_cells:
-            scope = "" if header.empty_cells_exact else f" (in a sample of {header.x_sample.n_rows_sampled})"
-            report.add("empty cells", "empty_cells", Severity.WARNING,
-                       f"{header.n_empty_cells:,} cells have no counts{scope}.",
-                       "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)")
+        if not header.n_empty_cells:
+            return
+        if self.cell_input is not None:
+            scope = "" if header.empty_cells_exact else f" in a sample of {header.x_sample.n_rows_sampled}"
+            self._report_cells_without_genes(report, f"{header.n_empty_cells:,} cells{scope} have no counts at all")
+            return
+        scope = "" if header.empty_cells_exact else f" (in a sample of {header.x_sample.n_rows_sampled})"
+        report.add("empty cells", "empty_cells", Severity.WARNING,
+                   f"{header.n_empty_cells:,} cells have no counts{scope}.",
+                   "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)")
+
+    def _report_cells_without_genes(self, report: ValidationReport, what: str) -> None:
+        report.add("empty cells", "cells_without_genes", Severity.ERROR,
+                   f"{what}; {self.name} cannot embed a cell without {self.cell_input}.", self.no_genes_fix)
 
     def _check_duplicates(self, report: ValidationReport, manager: DataManager) -> None:
         report.ran("duplicate genes")
@@ -234,10 +264,9 @@ class BaseSingleCellValidator(BaseModelValidator):
                        f"(e.g. {', '.join(map(str, dup[:3]))}).",
                        "sum or drop the duplicate columns, or call adata.var_names_make_unique()")
 
-    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray, vocab: set[str],
+    def _check_vocabulary(self, report: ValidationReport, gene_names: np.ndarray, known_g: np.ndarray,
                           n_model_genes: int) -> None:
         report.ran("vocabulary")
-        known_g = np.isin(gene_names, list(vocab)) if len(gene_names) else np.zeros(0, dtype=bool)
         share = float(known_g.mean()) if len(gene_names) else 0.0
         n_known = len(set(gene_names[known_g]))
         covered = n_known / max(n_model_genes, 1)
@@ -260,6 +289,13 @@ class BaseSingleCellValidator(BaseModelValidator):
                        f"the dataset's genes cover only {covered:.1%} of {self.name}'s {n_model_genes:,}-gene "
                        f"vocabulary ({n_known:,} genes: a targeted panel?); a whole-transcriptome model sees "
                        "little of each cell, so compare it with the PCA baseline before trusting it.")
+
+
+def genes_detected_per_cell(x_ng: sp.csr_matrix, known_g: np.ndarray) -> np.ndarray:
+    """Per cell, how many stored positive counts fall on the genes a model reads (0: nothing to embed)."""
+    hit_k = np.take(known_g, x_ng.indices) & (x_ng.data > 0)
+    running = np.concatenate([[0], np.cumsum(hit_k)])
+    return running[x_ng.indptr[1:]] - running[x_ng.indptr[:-1]]
 
 
 def _organism_list(organisms: Sequence[Organism]) -> str:

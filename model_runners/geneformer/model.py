@@ -24,12 +24,12 @@ from czb_core.models.base import BaseModelImplementation
 from czb_core.models.params import Param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager
-from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.report import Severity
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.geneformer.dictionaries import DictionaryFiles, GeneDictionaries, load_dictionaries
 from model_runners.geneformer.perturbation import gene_list, resolve_perturbation, token_map
-from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizedCells, TokenizerSpec, detected_genes
+from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizedCells, TokenizerSpec
 
 SHIFT_COLUMN = "perturbation_shift"
 DICTIONARIES = "dictionaries"  # the weights entry of the gene dictionaries
@@ -51,27 +51,12 @@ class GeneformerValidator(BaseSingleCellValidator):
     required_var_keys = ()
     gene_id_kind = "ensembl"
     requires_raw_counts = True
+    cell_input = "tokens"
+    no_genes_fix = NO_TOKENS_FIX
 
-    def check(self, data, organism: Optional[Organism] = None) -> ValidationReport:
-        """The base checks plus cells without any counts, which can have no tokens."""
-        report = super().check(data, organism)
-        header = data.header if isinstance(data, DataManager) else data
-        if header.n_empty_cells:
-            scope = "" if header.empty_cells_exact else f" in a sample of {header.x_sample.n_rows_sampled}"
-            self._report_no_tokens(report, f"{header.n_empty_cells:,} cells{scope} have no counts at all")
-        return report
-
-    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
-        """The vocabulary overlap and, once the data is loaded, the exact count of cells without tokens."""
-        super().check_weights(manager, report, weights_dirs)
-        if manager.is_bound:
-            token_c = self.load_dictionaries(weights_dirs[DICTIONARIES]).tokens_of(manager.genes_g)
-            n_genes_n = detected_genes(manager.counts(np.flatnonzero(manager.cells_kept_n)), token_c)
-            empty = np.flatnonzero(n_genes_n == 0)
-            if len(empty):
-                names = ", ".join(map(str, manager.obs.index[empty[:3]]))
-                self._report_no_tokens(report, f"{len(empty):,} of {len(n_genes_n):,} cells have no gene in the "
-                                               f"vocabulary (e.g. {names})")
+    def known_genes(self, genes_g: np.ndarray, weights_dirs: dict[str, Path]) -> np.ndarray:
+        """Names the dictionaries place on a gene token (after version stripping, upper-casing, retired ids)."""
+        return self.load_dictionaries(weights_dirs[DICTIONARIES]).tokens_of(genes_g) >= 0
 
     def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
         """Names the tokenizer places on a gene token (Ensembl ids, retired ids, symbols)."""
@@ -85,10 +70,6 @@ class GeneformerValidator(BaseSingleCellValidator):
         r = self.variant_config.resources
         files = DictionaryFiles(r["token_dictionary_file"], r["gene_median_file"], r["gene_mapping_file"])
         return load_dictionaries(folder, files, int(r["n_special_tokens"]))
-
-    def _report_no_tokens(self, report: ValidationReport, what: str) -> None:
-        report.add("empty cells", "cells_without_tokens", Severity.ERROR,
-                   f"{what}; {self.name} cannot embed a cell without tokens.", NO_TOKENS_FIX)
 
 
 @dataclass

@@ -417,16 +417,6 @@ def _positive_csr(x_ng: sp.spmatrix) -> sp.csr_matrix:
     return x_ng
 
 
-def detected_genes(x_ng: sp.csr_matrix, token_c: np.ndarray) -> np.ndarray:
-    """Per cell, how many stored positive counts fall on vocabulary genes (columns with a token).
-
-    The cheap check the validator runs before any weights are fetched; 0 means no tokens.
-    """
-    hit_k = np.take(token_c >= 0, x_ng.indices) & (x_ng.data > 0)
-    running = np.concatenate([[0], np.cumsum(hit_k)])
-    return running[x_ng.indptr[1:]] - running[x_ng.indptr[:-1]]
-
-
 def _scale(x_ng: sp.csr_matrix, n_counts_n: Optional[np.ndarray]) -> np.ndarray:
     """`10,000 / n_counts` per cell (0 for a cell without counts, which has nothing to scale)."""
     n_counts_n = _n_counts(x_ng, n_counts_n)

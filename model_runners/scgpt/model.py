@@ -23,13 +23,13 @@ from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
 from czb_core.models.params import Param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import SYMBOL_COLUMNS, DataManager
-from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.report import ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.scgpt.cells import TokenizedCells
 from model_runners.scgpt.files import Vocab, load_args, load_vocab
 from model_runners.scgpt.inference import EMBEDDING_MODES, PRECISIONS, auto_batch_size, embed, load_model
-from model_runners.scgpt.tokenizer import match_genes, tokenize
+from model_runners.scgpt.tokenizer import tokenize
 
 NO_GENES_FIX = (
     "filter out the cells without any of scGPT's genes first (e.g. keep the vocabulary genes, then "
@@ -43,7 +43,7 @@ IDS_TO_SYMBOLS_FIX = (
 
 class ScgptValidator(BaseSingleCellValidator):
     """Human, gene symbols, raw counts; the vocabulary overlap and the cells without a vocabulary gene
-    once the checkpoint is on disk. Mixed into `Scgpt`."""
+    once the checkpoint is on disk (base class). Mixed into `Scgpt`."""
 
     model_type = ModelType.SCGPT
     available_organisms = (Organism.HUMAN,)
@@ -52,34 +52,17 @@ class ScgptValidator(BaseSingleCellValidator):
     gene_id_kind = "symbol"
     requires_raw_counts = True
     vocabulary_shares = (0.1, 0.5)  # genes outside the vocabulary are dropped; under 10% leaves too little
+    cell_input = "a vocabulary gene"
+    no_genes_fix = NO_GENES_FIX
 
     def check(self, data, organism: Optional[Organism] = None) -> ValidationReport:
-        """The base checks, with the fix for Ensembl ids that no var column names as symbols, and cells
-        without counts (which can have no gene) as blocking."""
+        """The base checks, with the fix for Ensembl ids that no var column names as symbols."""
         manager = data if isinstance(data, DataManager) else self.data_manager(data, organism)
         report = super().check(manager)
         if not any(column in manager.var for column in SYMBOL_COLUMNS):
             report.problems = [replace(p, fix=IDS_TO_SYMBOLS_FIX) if p.code == "ids_not_symbols" else p
                                for p in report.problems]
-        header = manager.header
-        if header.n_empty_cells:
-            scope = "" if header.empty_cells_exact else f" in a sample of {header.x_sample.n_rows_sampled}"
-            self._report_no_genes(report, f"{header.n_empty_cells:,} cells{scope} have no counts at all")
         return report
-
-    def check_weights(self, manager: DataManager, report: ValidationReport, weights_dirs: dict[str, Path]) -> None:
-        """The vocabulary overlap and, once the data is loaded, the exact count of cells without a vocabulary gene."""
-        super().check_weights(manager, report, weights_dirs)
-        if not manager.is_bound:
-            return
-        rows = np.flatnonzero(manager.cells_kept_n)
-        known_g = (match_genes(manager.genes_g, self.read_vocab(weights_dirs)).token_c >= 0).astype(np.int64)
-        detected_n = np.asarray((manager.counts(rows) > 0).astype(np.int64) @ known_g).ravel()
-        empty = np.flatnonzero(detected_n == 0)
-        if len(empty):
-            names = ", ".join(map(str, manager.obs.index[rows[empty[:3]]]))
-            self._report_no_genes(report, f"{len(empty):,} of {len(detected_n):,} cells have no gene in the "
-                                          f"vocabulary (e.g. {names})")
 
     def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
         """The gene symbols of the checkpoint's `vocab.json` (special tokens excluded)."""
@@ -89,10 +72,6 @@ class ScgptValidator(BaseSingleCellValidator):
     def read_vocab(weights_dirs: dict[str, Path]) -> Vocab:
         folder = weights_dirs[MODEL_ROLE]
         return load_vocab(folder, load_args(folder).pad_token)
-
-    def _report_no_genes(self, report: ValidationReport, what: str) -> None:
-        report.add("empty cells", "cells_without_genes", Severity.ERROR,
-                   f"{what}; {self.name} cannot embed a cell without a vocabulary gene.", NO_GENES_FIX)
 
 
 class Scgpt(ScgptValidator, BaseModelImplementation):
