@@ -19,6 +19,7 @@ Every loader is cached once per process (a table reads in about 0.1 s); nothing 
 from __future__ import annotations
 
 import functools
+import json
 import importlib.metadata
 import importlib.util
 import re
@@ -30,7 +31,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from czb_core.config import get_settings
 from czb_core.errors import CzbError, InputError
+from czb_core.io.atomic import atomic_path, write_json_atomically
 from czb_core.types import Organism
 
 __all__ = [
@@ -369,21 +372,60 @@ def gene_coordinates(species: Organism | str) -> pd.DataFrame:
 # Cross-species indices for detection
 
 
+def _index_cache_dir() -> Path:
+    """Where the cross-species indices are kept between processes (they take seconds to build from
+    every species' table, and milliseconds to read back)."""
+    return get_settings().home / "cache" / f"gene-references-{CXG_PACKAGE}-{_package_version()}"
+
+
+def _encode_owner(owner: Organism | str) -> str:
+    return f"org:{owner.name}" if isinstance(owner, Organism) else f"table:{owner}"
+
+
+def _decode_owner(text: str) -> Organism | str:
+    kind, _, name = text.partition(":")
+    return Organism[name] if kind == "org" else name
+
+
+def _cached_json(name: str, build) -> dict:
+    """`build()` once per reference release on this machine, kept as JSON in the index cache."""
+    path = _index_cache_dir() / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        value = build()
+        write_json_atomically(path, value)
+        return value
+
+
 @functools.lru_cache(maxsize=1)
 def symbol_species_masks() -> tuple[tuple[str, ...], pd.Series]:
     """(species order, UPPER(symbol) -> int bitmask of the species whose reference has that symbol).
 
     Bit i stands for species order[i]. One hash map over every organism's symbols answers "which
-    species explain this name" for a whole dataset in one `Series.map`.
+    species explain this name" for a whole dataset in one `Series.map`. Kept on disk between processes.
     """
     order = reference_species()
+    path = _index_cache_dir() / f"symbol_masks-{'-'.join(s[:4] for s in order)}.parquet"
+    if path.is_file():
+        try:
+            frame = pd.read_parquet(path)
+            return order, pd.Series(frame["mask"].to_numpy(), index=pd.Index(frame["key"].to_numpy(), dtype=object))
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache is rebuilt below
+    masks = _build_symbol_masks(order)
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"key": masks.index.to_numpy(dtype=str), "mask": masks.to_numpy()}).to_parquet(tmp, index=False)
+    return order, masks
+
+
+def _build_symbol_masks(order: tuple[str, ...]) -> pd.Series:
     parts = []
     for bit, species in enumerate(order):
         keys = species_index(species).symbol_to_id.index
         parts.append(pd.Series(np.int64(1) << bit, index=keys))
     # Each species contributes its bit at most once per key, so a sum is the bitwise OR.
-    masks = pd.concat(parts).groupby(level=0, sort=False).sum()
-    return order, masks.astype(np.int64)
+    return pd.concat(parts).groupby(level=0, sort=False).sum().astype(np.int64)
 
 
 @functools.lru_cache(maxsize=1)
@@ -393,6 +435,11 @@ def id_prefix_organisms() -> dict[str, Organism | str]:
     Read from the shipped tables (so FlyBase's FBti insertions count as fly), then completed with the
     Ensembl prefixes of organisms that have no table here, so their ids are still recognised.
     """
+    encoded = _cached_json("id_prefixes.json", lambda: {k: _encode_owner(v) for k, v in _build_prefixes().items()})
+    return {k: _decode_owner(v) for k, v in encoded.items()}
+
+
+def _build_prefixes() -> dict[str, Organism | str]:
     out: dict[str, Organism | str] = {}
     for species, info in _reference_catalog().items():
         for prefix in id_prefixes(_read_table(species)["gene_id"]).unique():
@@ -408,6 +455,12 @@ def id_prefix_organisms() -> dict[str, Organism | str]:
 def irregular_ids() -> pd.Series:
     """Table ids outside the stable-id grammar -> owner (fly's "FBtr0309721_df_nrg" and
     "RR48333_transposable_element" rows), so a dataset listing them is still read as ids."""
+    encoded = _cached_json("irregular_ids.json",
+                           lambda: {k: _encode_owner(v) for k, v in _build_irregular_ids().items()})
+    return pd.Series({k: _decode_owner(v) for k, v in encoded.items()}, dtype=object)
+
+
+def _build_irregular_ids() -> pd.Series:
     parts = []
     for species, info in _reference_catalog().items():
         ids = _read_table(species)["gene_id"]

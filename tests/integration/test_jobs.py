@@ -18,7 +18,7 @@ import pytest
 
 from czb_core.errors import ConfigError, DeviceOutOfMemory, InputError
 from czb_core.service.jobs import JobManager, JobSpec, JobStore
-from czb_core.service.jobs import manager as manager_module
+from czb_core.service.jobs import execution as execution_module
 from czb_core.service.jobs.artifacts import is_complete, read_embedding, read_record, read_umap
 from czb_core.models.pipeline import RunResult
 from czb_core.schema.report import ValidationReport
@@ -73,7 +73,7 @@ def wait_for_scores(manager, job_id, timeout=180.0):
 
 @pytest.fixture
 def fast_umap(monkeypatch):
-    monkeypatch.setattr(manager_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
 
 
 @pytest.fixture
@@ -93,6 +93,7 @@ def start(workspace, fast_umap):
 
     def _start(run_fn, **kwargs):
         kwargs.setdefault("score", False)  # fake runs: scoring is tested on real ones
+        kwargs.setdefault("processes", False)  # fake runs share state with the test: threads of this process
         manager = JobManager(workspace, run_fn=run_fn, **kwargs)
         managers.append(manager)
         return manager
@@ -311,16 +312,14 @@ def test_metrics_problems_leave_the_job_done(workspace, dataset):
 
 
 def test_step_seconds_add_up_time_between_step_changes(monkeypatch):
-    from czb_core.service.jobs import manager as manager_module
-
     clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 12.0])
-    monkeypatch.setattr(manager_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(execution_module.time, "monotonic", lambda: next(clock))
 
     class NullStore:
         def update_progress(self, *args):
             pass
 
-    progress = manager_module.StoreProgress(NullStore(), "job")
+    progress = execution_module.StoreProgress(NullStore(), "job")
     progress("a", 0, 1)  # t=0: a starts
     progress("b", 0, 1)  # t=1: a took 1 s
     progress("a", 0, 1)  # t=3: b took 2 s; a again (the baseline pass of the same step)

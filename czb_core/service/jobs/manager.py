@@ -1,10 +1,11 @@
-"""The process-wide job manager: queues runs per device and executes them on worker threads.
+"""The process-wide job manager: queues runs per device; workers execute them.
 
 A Streamlit page script is rerun (and interrupted) on every click, so a run must never live in one: a
-page submits to the manager (created once per server process) and polls the store. One worker thread
-per device takes that device's queued jobs oldest first, so a GPU runs one job at a time. Workers run the
-model, then the UMAP, and save the artifacts (scoring follows on the `Scorer`); whatever a job raises
-fails that job only. A CUDA out-of-memory error is retried at half the batch size.
+page submits to the manager (created once per server process) and polls the store. By default each device
+gets a supervised worker process (`workers.py`): a crash, an out-of-memory kill or a stuck native call ends
+that process and fails its job, never the server. With `processes=False` the same loop runs on threads of
+this process (tests with stand-in run functions). A device runs one job at a time, oldest first; scoring
+follows on the `Scorer`. A CUDA out-of-memory error is retried at half the batch size (`execution.py`).
 
 One manager per workspace: a new one marks the jobs left running by its predecessor `interrupted`.
 """
@@ -12,40 +13,29 @@ One manager per workspace: a new one marks the jobs left running by its predeces
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
-
 from czb_core.config import get_settings
-from czb_core.errors import Cancelled, ConfigError, CzbError, DeviceOutOfMemory
-from czb_core.service.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, UMAP_NPY, is_complete, record_json
-from czb_core.service.jobs.spec import JobSpec
-from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RETRYABLE, Job, JobStore, Score
-from czb_core.models.device import free_cuda_cache, resolve_device
-from czb_core.service.jobs.scoring import Scorer
-from czb_core.tasks.options import MetricOptions
-from czb_core.progress import CancelToken, ProgressCallback, Throttle
+from czb_core.errors import ConfigError
+from czb_core.models.device import resolve_device
+from czb_core.models.pipeline import embed_file
 from czb_core.models.registry import ModelConfig, get_model
-from czb_core.models.pipeline import RunResult, embed_file, write_run_h5ad
-from czb_core.types import ModelType, Organism
-from czb_core.viz.umap import compute_umap
 from czb_core.service.fixes import FixRunner
+from czb_core.service.jobs.artifacts import is_complete
+from czb_core.service.jobs.execution import JobRunner
+from czb_core.service.jobs.scoring import Scorer
+from czb_core.service.jobs.spec import JobSpec
+from czb_core.service.jobs.store import CANCELLED, QUEUED, RETRYABLE, Job, JobStore, Score
+from czb_core.service.jobs.workers import Supervisor, work_loop
 from czb_core.service.workspace import Workspace
+from czb_core.tasks.options import MetricOptions
+from czb_core.types import ModelType, Organism
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 0.25
-IDLE_POLL_S = 1.0  # a worker also looks for work this often, in case a wake-up was missed
 
-
-
-def error_message(exc: BaseException) -> str:
-    """Our errors are written for the user; anything else is named by its type."""
-    return str(exc) if isinstance(exc, CzbError) else f"{type(exc).__name__}: {exc}"
 
 
 def _organism_name(organism: Optional[str]) -> Optional[str]:
@@ -58,58 +48,37 @@ def _organism_name(organism: Optional[str]) -> Optional[str]:
         raise ConfigError(str(exc)) from None
 
 
-class StoreProgress:
-    """A run's progress callback: writes to the store as a `Throttle` allows, so a fast batch loop does not
-    hammer SQLite. It also adds up the time spent in each named step (from one step change to the next),
-    for the run record's `step_seconds`."""
-
-    def __init__(self, store: JobStore, job_id: str, interval: float = PROGRESS_INTERVAL_S):
-        self.store, self.job_id = store, job_id
-        self.throttle = Throttle(interval)
-        self._step: Optional[str] = None
-        self._step_started = 0.0
-        self.step_seconds: dict[str, float] = {}
-
-    def __call__(self, step: str, done: float, total: Optional[float]) -> None:
-        if step != self._step:
-            now = time.monotonic()
-            self._close_step(now)
-            self._step, self._step_started = step, now
-        if self.throttle.allow(step, done, total):
-            self.store.update_progress(self.job_id, step, done, total)
-
-    def _close_step(self, now: float) -> None:
-        if self._step is not None:
-            spent = self.step_seconds.get(self._step, 0.0) + now - self._step_started
-            self.step_seconds[self._step] = round(spent, 3)
-
-    def finish(self) -> dict[str, float]:
-        """Close the last step and return the seconds per step."""
-        self._close_step(time.monotonic())
-        self._step_started = time.monotonic()
-        return self.step_seconds
-
-
 class JobManager:
     def __init__(self, workspace: Optional[Workspace] = None, start_workers: bool = True, run_fn=embed_file,
-                 score: bool = True):
+                 score: bool = True, processes: bool = True):
         self.workspace = workspace or Workspace()
         self.store = JobStore(self.workspace.db_path)
-        self.run_fn = run_fn
         self.scorer = Scorer(self.workspace, self.store, start=start_workers and score)
         self.fixes = FixRunner(self.workspace)  # dataset fixes, off the page threads
         self.devices = ("cpu", "cuda") if resolve_device(None) == "cuda" else ("cpu",)
-        self._tokens: dict[str, CancelToken] = {}
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = {device: threading.Event() for device in self.devices}
         self._threads: list[threading.Thread] = []
-        if start_workers:
-            self.store.mark_interrupted_on_startup()  # before any worker can claim a job
-            for device in self.devices:
-                thread = threading.Thread(target=self._work, args=(device,), name=f"czb-worker-{device}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+        self.supervisor: Optional[Supervisor] = None
+        if not start_workers:
+            return
+        self.store.mark_interrupted_on_startup()  # before any worker can claim a job
+        if processes:
+            self.supervisor = Supervisor(self.workspace, self.store, self.devices, run_fn,
+                                         get_settings().worker_memory_limit_mb)
+            return
+        runner = JobRunner(self.workspace, self.store, run_fn)
+        for device in self.devices:
+            wake = self._wake[device]
+
+            def wait(seconds: float, wake=wake) -> None:
+                wake.wait(seconds)
+                wake.clear()
+
+            thread = threading.Thread(target=work_loop, args=(runner, device, self._stop.is_set, wait),
+                                      name=f"czb-worker-{device}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     # -- what pages call -----------------------------------------------------------------------------
 
@@ -152,13 +121,10 @@ class JobManager:
         return self.store.scores_of(job_id)
 
     def cancel(self, job_id: str) -> Optional[Job]:
-        """A queued job is cancelled at once; a running one stops at its next check between batches."""
+        """A queued job is cancelled at once; a running one stops at its next check between batches (or,
+        in a worker process that does not get there within seconds, with its process)."""
         if not self.store.set_status(job_id, CANCELLED, message="cancelled before it started", only_from=(QUEUED,)):
-            if self.store.request_cancel(job_id):
-                with self._lock:
-                    token = self._tokens.get(job_id)
-                if token is not None:
-                    token.cancel()
+            self.store.request_cancel(job_id)
         return self.store.get(job_id)
 
     def retry(self, job_id: str) -> Job:
@@ -190,6 +156,8 @@ class JobManager:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.supervisor is not None:
+            self.supervisor.shutdown(max(0.0, deadline - time.monotonic()))
         self.scorer.shutdown(max(0.0, deadline - time.monotonic()))
 
     # -- the workers ---------------------------------------------------------------------------------
@@ -212,83 +180,3 @@ class JobManager:
         job = self.store.create(spec, owner, device)
         self._wake[device].set()
         return job
-
-    def _work(self, device: str) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self.store.claim_next(device)
-                if job is not None:
-                    self._run(job)
-                    continue
-            except Exception:  # the store itself failed (disk full, locked too long): keep the worker alive
-                log.exception("%s worker: job store error", device)
-            self._wake[device].wait(IDLE_POLL_S)
-            self._wake[device].clear()
-
-    def _run(self, job: Job) -> None:
-        token = CancelToken()
-        with self._lock:
-            self._tokens[job.id] = token
-        progress = StoreProgress(self.store, job.id)
-        artifact_dir = self.workspace.root / "jobs" / job.id
-        try:
-            if self.store.get(job.id).cancel_requested:  # cancelled between the claim and the lines above
-                token.cancel()
-            result = self._embed(job, token, progress)
-            self._save(job, result, artifact_dir, token, progress)
-        except Cancelled:
-            shutil.rmtree(artifact_dir, ignore_errors=True)
-            self.store.set_status(job.id, CANCELLED, message="cancelled")
-        except (Exception, SystemExit) as exc:  # SystemExit: argparse in model code must not end the worker
-            log.exception("job %s (%s/%s on %s) failed", job.id, job.model, job.variant, job.device)
-            shutil.rmtree(artifact_dir, ignore_errors=True)
-            self.store.set_status(job.id, FAILED, message="failed", error=error_message(exc))
-        else:
-            self.store.set_status(job.id, DONE, message="done", artifact_dir=artifact_dir)
-        finally:
-            self.scorer.wake()  # its queued scoring runs can start, or are cancelled with the job
-            with self._lock:
-                self._tokens.pop(job.id, None)
-
-    def _embed(self, job: Job, token: CancelToken, progress: ProgressCallback) -> RunResult:
-        """`run_fn`, halving the batch size the runner used after each CUDA out-of-memory error, down to 1."""
-        spec = job.spec
-        path = self.workspace.dataset_path(spec.dataset_sha256)
-        organism = Organism.parse(spec.organism) if spec.organism else None
-        params = dict(spec.params)
-        token.check()
-        while True:
-            try:
-                return self.run_fn(
-                    path, spec.model, spec.variant, organism=organism, params=params, weights=spec.weights,
-                    device=job.device, progress=progress, cancel=token, input_sha256=spec.dataset_sha256,
-                )
-            except DeviceOutOfMemory as exc:
-                batch = exc.batch_size
-            free_cuda_cache()  # out of the except block: the traceback holding the GPU tensors is gone
-            if batch // 2 < 1:
-                raise CzbError(
-                    "CUDA out of memory even at batch size 1: this model and dataset do not fit in the GPU "
-                    "memory that is free; wait for other GPU work to finish, or run on the CPU"
-                )
-            params["batch_size"] = batch // 2
-            self.store.add_note(job.id, f"CUDA out of memory at batch size {batch}; retried at {batch // 2}")
-
-    def _save(
-        self, job: Job, result: RunResult, artifact_dir: Path, token: CancelToken, progress: StoreProgress,
-    ) -> None:
-        """UMAP and artifacts; `record.json` last, as the mark of a complete set."""
-        token.check()
-        progress("umap", 0, 1)
-        umap_n2 = compute_umap(result.emb_nd, seed=int(result.record.get("seed") or 0))
-        progress("umap", 1, 1)
-        token.check()
-        result.record["job"] = {
-            "id": job.id, "owner": job.owner, "spec_key": job.spec_key, "device": job.device,
-            "notes": self.store.get(job.id).notes,
-        }
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        write_run_h5ad(result, artifact_dir / EMBEDDING_H5AD)
-        np.save(artifact_dir / UMAP_NPY, umap_n2)
-        result.record["job"]["step_seconds"] = progress.finish()
-        (artifact_dir / RECORD_JSON).write_bytes(record_json(result.record))

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.tasks.options import MetricOptions
 from czb_core.models.record import utc_now
-from czb_core.service.database import init_db, open_db
+from czb_core.service.database import add_missing_column, init_db, open_db
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted",
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device);
 CREATE INDEX IF NOT EXISTS jobs_spec_key ON jobs (spec_key);
@@ -92,6 +93,7 @@ class Job:
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
     cancel_requested: bool = False
+    worker_pid: Optional[int] = None  # the process running it
 
     @property
     def is_finished(self) -> bool:
@@ -150,6 +152,7 @@ class JobStore:
     def __init__(self, db_path: Path):
         self.db_path = Path(db_path)
         init_db(self.db_path, SCHEMA)
+        add_missing_column(self.db_path, "jobs", "worker_pid", "INTEGER")  # databases made before it existed
 
     def create(self, spec: JobSpec, owner: str, device: str) -> Job:
         job_id = uuid.uuid4().hex[:12]
@@ -198,8 +201,8 @@ class JobStore:
             ).fetchone()
         return row[0] or None
 
-    def claim_next(self, device: str) -> Optional[Job]:
-        """Mark the oldest queued job of `device` running and return it (first in, first out)."""
+    def claim_next(self, device: str, worker_pid: Optional[int] = None) -> Optional[Job]:
+        """Mark the oldest queued job of `device` running (by `worker_pid`) and return it (first in, first out)."""
         with open_db(self.db_path, immediate=True) as conn:
             row = conn.execute(
                 "SELECT id FROM jobs WHERE status = ? AND device = ? ORDER BY rowid LIMIT 1", (QUEUED, device)
@@ -207,8 +210,8 @@ class JobStore:
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET status = ?, started_at = ?, message = 'starting' WHERE id = ?",
-                (RUNNING, utc_now(), row["id"]),
+                "UPDATE jobs SET status = ?, started_at = ?, message = 'starting', worker_pid = ? WHERE id = ?",
+                (RUNNING, utc_now(), worker_pid, row["id"]),
             )
         return self.get(row["id"])
 
