@@ -113,6 +113,9 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         params["seed"] = args.seed
     result, out = _run_and_write(args, params)
+    if result.emb_nd is None:
+        print(f"wrote {out}: a prediction of {result.pred_ng.shape[0]:,} rows x {result.pred_ng.shape[1]:,} genes in X")
+        return 0
     print(f"wrote {out}: {result.emb_nd.shape[0]:,} cells x {result.emb_nd.shape[1]} dims in "
           f"obsm['{result.obsm_key}'] ({result.record['wall_s']:.1f} s, peak {result.record['peak_rss_mb']:.0f} MB)")
     return 0
@@ -132,6 +135,21 @@ def cmd_perturb(args) -> int:
     print(f"wrote {out}: {len(shift):,} perturbed cells in obsm['{result.obsm_key}'], cosine shift in "
           f"obs['perturbation_shift'] (mean {shift.mean():.4g}, max {shift.max():.4g}; "
           f"{int((shift > 0).sum()):,} cells changed)")
+    return 0
+
+
+def cmd_perturb_predict(args) -> int:
+    """scGenePT: the predicted expression of sampled control cells under a perturbation, and its change."""
+    params = _params(args.param)
+    params.update(perturbation=args.perturbation, control_key=args.control_key, control_value=args.control_value,
+                  n_cells=args.n_cells)
+    if args.seed is not None:
+        params["seed"] = args.seed
+    result, out = _run_and_write(args, params)
+    print(f"wrote {out}: predicted expression of {result.pred_ng.shape[0]:,} sampled control cells x "
+          f"{result.pred_ng.shape[1]:,} genes under {args.perturbation}")
+    for key, value in result.record.get("facts", {}).items():
+        print(f"  {key}: {value}")
     return 0
 
 
@@ -267,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
     p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
     p.set_defaults(func=cmd_perturb)
+
+    p = sub.add_parser("perturb-predict", help="predict a perturbation's effect on control cells (scGenePT)")
+    p.add_argument("data")
+    p.add_argument("--model", default="scgenept")
+    p.add_argument("--variant")
+    p.add_argument("--organism")
+    p.add_argument("--perturbation", required=True, metavar="GENE+ctrl|GENE1+GENE2")
+    p.add_argument("--control-key", default="condition", help="obs column marking the control cells")
+    p.add_argument("--control-value", default="ctrl", help="the control cells' label in that column")
+    p.add_argument("--n-cells", type=int, default=300, help="control cells sampled (seeded)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, help="output .h5ad: X = predicted expression, obs['control_cell']")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
+    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
+    p.set_defaults(func=cmd_perturb_predict)
 
     p = sub.add_parser("benchmark", help="score an embedding already in an h5ad, beside the PCA baseline")
     p.add_argument("data", help=".h5ad holding the embedding (and counts, or a czb run record, for the baseline)")

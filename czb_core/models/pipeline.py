@@ -1,8 +1,8 @@
-"""Embed one file with one model variant: the single entry point of the CLI and the job workers.
+"""Run one model variant on one file: the single entry point of the CLI and the job workers.
 
 `embed_file` reads the file's header once, builds the model's data manager from it, and runs the
 implementation's `execute` flow, which reads the matrix only after the checks pass. It returns a
-`RunResult` (the embedding, the cells' obs and the run record). `write_run_h5ad` writes the slim h5ad
+`RunResult` (the embedding or a prediction, obs and the run record). `write_run_h5ad` writes the slim h5ad
 contract: obs of the input, `obsm["X_<model>"]`, `uns["czb_run"]`.
 """
 
@@ -38,21 +38,29 @@ def obsm_key(model: str) -> str:
 
 @dataclass
 class RunResult:
+    """An embedding of the input's cells (`emb_nd`), or a prediction (`pred_ng` over `genes_g`, one row
+    per row of `obs`, e.g. sampled control cells), with the run record and the validation report."""
+
     model: str
     variant: str
-    emb_nd: np.ndarray
+    emb_nd: Optional[np.ndarray]
     obs: pd.DataFrame
     record: dict
     report: ValidationReport
+    pred_ng: Optional[np.ndarray] = None
+    genes_g: Optional[np.ndarray] = None
 
     @property
     def obsm_key(self) -> str:
         return obsm_key(self.model)
 
     def to_anndata(self) -> ad.AnnData:
-        return ad.AnnData(
-            obs=self.obs.copy(), obsm={self.obsm_key: self.emb_nd}, uns={"czb_run": h5_safe(self.record)}
-        )
+        """The slim h5ad: obs and `obsm["X_<model>"]`, or for a prediction X over the predicted genes."""
+        uns = {"czb_run": h5_safe(self.record)}
+        if self.pred_ng is not None:
+            var = pd.DataFrame(index=pd.Index(np.asarray(self.genes_g, dtype=str), name="gene"))
+            return ad.AnnData(X=np.asarray(self.pred_ng, dtype=np.float32), obs=self.obs.copy(), var=var, uns=uns)
+        return ad.AnnData(obs=self.obs.copy(), obsm={self.obsm_key: self.emb_nd}, uns=uns)
 
 
 def embed_file(
@@ -92,6 +100,9 @@ def embed_file(
                         n_vars=header.n_vars, started=started, wall_s=time.perf_counter() - t0, peak=peak)
     record["genes"] = {"read from": manager.gene_source, "naming": manager.gene_system.value,
                        "species": manager.detection.describe(), "reference": manager.detection.reference}
+    if output.pred_ng is not None:  # rows are the runner's (e.g. sampled control cells), not the input's
+        obs = pd.DataFrame(output.obs, index=pd.RangeIndex(output.n_cells).astype(str))
+        return RunResult(model, implementation.variant, None, obs, record, report, output.pred_ng, output.genes_g)
     obs = manager.obs.iloc[np.flatnonzero(manager.cells_kept_n)].copy()
     for column, values in output.obs.items():
         obs[column] = values
@@ -108,7 +119,8 @@ def run_record(implementation, output: RunOutput, report: ValidationReport, *, h
         "display_name": config.display_name,
         "variant": implementation.variant,
         "obsm_key": obsm_key(config.name),
-        "embedding_shape": list(output.emb_nd.shape),
+        "embedding_shape": None if output.emb_nd is None else list(output.emb_nd.shape),
+        "prediction_shape": None if output.pred_ng is None else list(output.pred_ng.shape),
         "input": {"path": header_path, "sha256": sha256, "n_obs": output.n_cells, "n_vars": n_vars},
         "organism": report.facts.get("organism"),
         "weights_source": implementation.weights_source(),

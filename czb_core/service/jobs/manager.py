@@ -34,6 +34,7 @@ from czb_core.tasks.options import MetricOptions
 from czb_core.types import ModelType, Organism
 
 log = logging.getLogger(__name__)
+PREDICTION_MODELS = (ModelType.SCGENEPT,)  # their outputs are not embeddings: no UMAP, no scoring as embeddings
 
 
 
@@ -97,6 +98,9 @@ class JobManager:
         organism or a GPU that is not there, before anything waits in a queue.
         """
         config = get_model(model)
+        if config.model_type in PREDICTION_MODELS:
+            raise ConfigError(f"{config.display_name} predicts expression rather than embedding cells; run it with "
+                              "`czb perturb-predict` (the app's perturbation view is not built yet)")
         variant_config = config.variant(variant)
         schema = config.load_implementation().param_schema(variant_config)
         spec = JobSpec(dataset_sha256, model, variant_config.name, schema.changed(schema.resolve(params)),

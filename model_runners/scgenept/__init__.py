@@ -1,0 +1,1 @@
+"""scGenePT: perturbation prediction on scGPT with text-derived gene embeddings."""

@@ -1,0 +1,163 @@
+"""scGenePT runs end to end on tiny files in the real formats served by a loopback S3 server.
+
+The variants under test are the real config's GO-C and NCBI flavours on Adamson, with their URIs pointed
+at the moto bucket and the head count set to the tiny checkpoint's. The batched prediction is checked
+against a one-cell reference written with plain torch.nn (tests/helpers/scgenept_files.py) on the same
+sampled, normalised control cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from czb_core.errors import ConfigError, DatasetValidationError
+from czb_core.models.registry import get_model
+from czb_core.schema.datasets import SingleCellDataset
+from czb_core.tasks.perturbation import log_normalize
+from model_runners.scgenept.model import CONTROL_CELL_COLUMN, Scgenept
+from tests.helpers.scgenept_files import (
+    CHECKPOINT_NAME, HEADS, PlainScGenePT, write_checkpoint, write_gears_zip, write_vocab,
+)
+
+N_VOCAB = 200  # of the 300 genes: the gene axis is these (in dataset order)
+FLAVOURS = {"go": ("scgenept_go_c_gpt_concat__adamson", ["gopt_encoder_c"]),
+            "ncbi": ("scgenept_ncbi_gpt__adamson", ["genept_encoder"])}
+
+
+@pytest.fixture(scope="module")
+def symbols(small_adata):
+    return list(map(str, small_adata.var["feature_name"]))
+
+
+@pytest.fixture(scope="module")
+def served(s3_server, tmp_path_factory, symbols):
+    root = tmp_path_factory.mktemp("scgenept")
+    vocab_genes = sorted(symbols[:N_VOCAB]) + ["NOTINDATA"]
+    write_vocab(root / "vocab", vocab_genes)
+    for name, (_, encoders) in FLAVOURS.items():
+        write_checkpoint(root / name, len(vocab_genes), encoders, seed=len(name))
+    trained = [f"{symbols[3]}+ctrl", f"{symbols[5]}+ctrl", f"{symbols[3]}+{symbols[7]}", "NOTINDATA+ctrl", "ctrl"]
+    write_gears_zip(root / "gears", "adamson", trained)
+    bucket = s3_server.new_bucket("scgenept")
+    for name in ("vocab", "go", "ncbi", "gears"):
+        s3_server.put_dir(bucket, f"scgenept/{name}", root / name)
+    return bucket, root
+
+
+@pytest.fixture
+def config(served, s3_server, monkeypatch):
+    monkeypatch.setenv("CZB_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    bucket, _ = served
+    real = get_model("scgenept")
+    variants = {}
+    for name, (real_name, _) in FLAVOURS.items():
+        weights = {"model": f"s3://{bucket}/scgenept/{name}",
+                   "vocab": f"s3://{bucket}/scgenept/vocab/vocab.json",
+                   "training_data": f"s3://{bucket}/scgenept/gears/6154417"}
+        variant = real.variant(real_name)
+        resources = {**variant.resources, "n_heads": HEADS}  # the tiny checkpoint's head count
+        variants[name] = dataclasses.replace(variant, name=name, weights=weights, resources=resources)
+    return dataclasses.replace(real, variants=variants, default_variant="go")
+
+
+@pytest.fixture(scope="module")
+def perturb_h5ad(small_adata, tmp_path_factory):
+    adata = small_adata[:80].copy()
+    adata.obs["condition"] = np.where(np.arange(80) < 50, "ctrl", "X+ctrl")
+    path = tmp_path_factory.mktemp("data") / "perturb.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def run(config, path, variant="go", **params):
+    impl = Scgenept(config, variant, **params)
+    dataset = SingleCellDataset(path)
+    dataset.load_data()
+    return impl, dataset, impl.run_model(dataset, device="cpu")
+
+
+@pytest.mark.parametrize("flavour", ["go", "ncbi"])
+def test_batched_prediction_equals_one_cell_reference(config, served, perturb_h5ad, symbols, small_adata, flavour):
+    gene = symbols[3]
+    impl, dataset, out = run(config, perturb_h5ad, flavour, perturbation=f"{gene}+ctrl", n_cells=7, batch_size=3)
+    axis = [s for s in symbols if s in set(symbols[:N_VOCAB])]
+    assert out.pred_ng.shape == (7, len(axis)) and list(out.genes_g) == axis
+    vocab_ids = {g: i for i, g in enumerate(sorted(symbols[:N_VOCAB]) + ["NOTINDATA"])}
+    tokens = np.array([vocab_ids[g] for g in axis])
+    flags = np.array([g == gene for g in axis], dtype=np.int64)
+    reference = PlainScGenePT(served[1] / flavour / CHECKPOINT_NAME, FLAVOURS[flavour][1])
+    rows = [dataset.adata.obs_names.get_loc(name) for name in out.obs[CONTROL_CELL_COLUMN]]
+    x = log_normalize(dataset.adata.X[rows])[:, [symbols.index(g) for g in axis]]
+    expected = np.stack([reference.predict(tokens, x[i], flags) for i in range(7)])
+    np.testing.assert_allclose(out.pred_ng, expected, rtol=1e-4, atol=1e-4)
+    assert all(dataset.adata.obs["condition"].iloc[r] == "ctrl" for r in rows)
+    assert "largest predicted increases (control mean -> predicted)" in out.facts
+
+
+def test_seeded_sampling_is_reproducible_and_flags_matter(config, perturb_h5ad, symbols):
+    _, _, a = run(config, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl", n_cells=5, seed=4)
+    _, _, b = run(config, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl", n_cells=5, seed=4)
+    _, _, c = run(config, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl", n_cells=5, seed=5)
+    _, _, d = run(config, perturb_h5ad, perturbation=f"{symbols[3]}+{symbols[7]}", n_cells=5, seed=4)
+    np.testing.assert_array_equal(a.pred_ng, b.pred_ng)
+    assert list(a.obs[CONTROL_CELL_COLUMN]) == list(b.obs[CONTROL_CELL_COLUMN])
+    assert list(a.obs[CONTROL_CELL_COLUMN]) != list(c.obs[CONTROL_CELL_COLUMN])
+    assert not np.allclose(a.pred_ng, d.pred_ng)
+
+
+def test_untrained_perturbation_is_refused_with_close_names(config, perturb_h5ad, symbols):
+    gene = symbols[3]
+    with pytest.raises(DatasetValidationError) as err:
+        run(config, perturb_h5ad, perturbation=f"{gene.lower()}X+ctrl")
+    assert "not perturbed in the adamson screen" in str(err.value) and gene in str(err.value)
+
+
+def test_trained_gene_missing_from_dataset_is_refused(config, perturb_h5ad):
+    with pytest.raises(DatasetValidationError, match="NOTINDATA is not among the dataset's genes"):
+        run(config, perturb_h5ad, perturbation="NOTINDATA+ctrl")
+
+
+def test_bad_inputs_are_refused(config, perturb_h5ad, symbols):
+    with pytest.raises(ConfigError, match="GENE\\+ctrl or GENE1\\+GENE2"):
+        Scgenept(config, "go", perturbation="A+B+C")
+    with pytest.raises(DatasetValidationError, match="no cell has condition == 'control'"):
+        run(config, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl", control_value="control")
+    with pytest.raises(DatasetValidationError, match="needs a perturbation"):
+        run(config, perturb_h5ad)
+
+
+def test_checkpoint_of_another_flavour_is_refused(config, served, perturb_h5ad, symbols):
+    bucket, _ = served
+    wrong = dataclasses.replace(config.variant("go"), weights={**config.variant("go").weights,
+                                                                 "model": f"s3://{bucket}/scgenept/ncbi"})
+    swapped = dataclasses.replace(config, variants={"go": wrong})
+    with pytest.raises(Exception, match="another scGenePT flavour"):
+        run(swapped, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl")
+
+
+def test_czb_perturb_predict_writes_the_prediction_and_the_job_layer_points_there(
+        config, perturb_h5ad, symbols, tmp_path, monkeypatch, capsys):
+    from czb_core.cli import main
+    from czb_core.models import pipeline
+    from czb_core.service.jobs import JobManager
+    from czb_core.service.workspace import Workspace
+
+    monkeypatch.setattr(pipeline, "get_model", lambda name: config)  # the tiny variants on the loopback S3
+    out = tmp_path / "pred.h5ad"
+    code = main(["perturb-predict", str(perturb_h5ad), "--variant", "go", "--perturbation", f"{symbols[3]}+ctrl",
+                 "--n-cells", "6", "--seed", "2", "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "predicted expression of 6 sampled control cells" in printed.out
+    result = ad.read_h5ad(out)
+    assert result.n_obs == 6 and CONTROL_CELL_COLUMN in result.obs and result.n_vars > 0
+    record = result.uns["czb_run"]
+    assert record["params"]["perturbation"] == f"{symbols[3]}+ctrl" and list(record["prediction_shape"]) == [6, result.n_vars]
+    manager = JobManager(Workspace(), start_workers=False)
+    record = Workspace().add_file(perturb_h5ad)
+    with pytest.raises(ConfigError, match="czb perturb-predict"):
+        manager.submit(record.sha256, "scgenept")

@@ -1,0 +1,130 @@
+"""The perturbation tasks on toy data whose answers are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from czb_core.errors import InputError
+from czb_core.tasks.perturbation import (
+    CONTROL_MAP_KEY, DE_TABLE_KEY, ExpressionTaskInputs, expression_metrics, expression_task_inputs,
+    filter_de_results, log_normalize, mean_effect_baseline, no_change_baseline, predicted_effect,
+    sample_target_genes, score_expression_prediction, single_perturbation_metrics, summarize_scores,
+)
+
+CELLS = ["tA1", "tA2", "c1", "c2", "c3", "tB1"]
+GENES = ["g0", "g1", "g2"]
+# A: treated mean [2, 6, 4] against control mean [1, 1, 1]: ratio ln[2, 6, 4] and difference [1, 5, 3] both rank
+#    [1, 3, 2] against the observed [1, 2, 3]: rho = 1 - 6 * (0 + 1 + 1) / (3 * 8) = 0.5.
+# B: treated [0.5, 2, 1.2] against its control [0, 1, 1]: a zero mean, so the ratio falls back to the
+#    difference [0.5, 1, 0.2], ranks [2, 3, 1]: rho = 1 - 6 * (1 + 1 + 4) / 24 = -0.5 (the ratio with its
+#    epsilon would rank [3, 2, 1], rho = -1).
+# C: has DE genes but no targets: skipped.
+PRED = np.array([[2, 6, 4], [2, 6, 4], [1, 1, 1], [1, 1, 1], [0, 1, 1], [0.5, 2, 1.2]], dtype=float)
+DE = pd.DataFrame({"condition": ["A"] * 3 + ["B"] * 3 + ["C"],
+                   "gene_id": GENES + GENES + ["g0"], "logfoldchange": [1.0, 2, 3, 1, 2, 3, 2]})
+CONTROL_MAP = {"A": {"tA1": "c1", "tA2": "c2"}, "B": {"tB1": "c3"}, "C": {}}
+
+
+def toy_inputs() -> ExpressionTaskInputs:
+    return ExpressionTaskInputs(DE, {"A": GENES, "B": GENES}, CONTROL_MAP, "condition", "ctrl")
+
+
+@pytest.mark.parametrize("operation", ["ratio", "difference"])
+def test_spearman_per_condition_by_hand(operation):
+    scores, skipped = score_expression_prediction(PRED, CELLS, GENES, toy_inputs(), operation)
+    by_condition = {s.condition: s for s in scores}
+    assert by_condition["A"].spearman == pytest.approx(0.5)
+    assert by_condition["B"].spearman == pytest.approx(-0.5)
+    assert by_condition["A"].operation == operation and by_condition["B"].operation == "difference"
+    assert (by_condition["A"].n_pairs, by_condition["B"].n_pairs, by_condition["A"].n_genes) == (2, 1, 3)
+    assert list(skipped) == ["C"]
+    assert summarize_scores(scores)["mean"] == pytest.approx(0.0)
+    assert summarize_scores(scores)["count"] == 2
+    assert [m.params["condition"] for m in expression_metrics(scores)] == ["A", "B"]
+
+
+def test_rows_and_columns_are_read_by_name_not_position():
+    order_n, order_g = [5, 3, 0, 2, 4, 1], [2, 0, 1]
+    scores, _ = score_expression_prediction(PRED[np.ix_(order_n, order_g)], [CELLS[i] for i in order_n],
+                                            [GENES[i] for i in order_g], toy_inputs())
+    assert [round(s.spearman, 6) for s in scores] == [0.5, -0.5]
+
+
+def test_a_constant_prediction_scores_zero_and_bad_shapes_are_refused():
+    scores, _ = score_expression_prediction(np.ones_like(PRED), CELLS, GENES, toy_inputs(), "difference")
+    assert [s.spearman for s in scores] == [0.0, 0.0]
+    with pytest.raises(InputError, match="6 x 3"):
+        score_expression_prediction(PRED, CELLS[:5], GENES, toy_inputs())
+
+
+def test_de_filter_thresholds_are_strict_and_inclusive_as_specified():
+    de = pd.DataFrame({"condition": ["A"] * 4, "gene": ["a", "b", "c", "d"],
+                       "logfoldchange": [1.0, -1.0, 0.99, 2.0], "pval_adj": [1e-5, 5e-5, 1e-9, 1e-4]})
+    kept = filter_de_results(de)
+    assert kept["gene_id"].tolist() == ["a", "b"]  # |lfc| >= 1 kept; pval_adj == 1e-4 dropped
+    with pytest.raises(InputError, match="no DE gene passes"):
+        filter_de_results(de[de["gene"] == "c"])
+
+
+def test_target_genes_are_half_of_each_condition_seeded_and_small_conditions_skipped():
+    de = pd.DataFrame({"condition": ["A"] * 12 + ["B"] * 9, "gene_id": [f"a{i}" for i in range(12)] +
+                       [f"b{i}" for i in range(9)], "logfoldchange": 1.0})
+    targets = sample_target_genes(de)
+    assert list(targets) == ["A"] and len(targets["A"]) == 6  # B: floor(9 / 2) = 4 < 5
+    assert set(targets["A"]) <= {f"a{i}" for i in range(12)} and len(set(targets["A"])) == 6
+    assert sample_target_genes(de) == targets
+    assert sample_target_genes(de, seed=1) != targets
+
+
+def test_task_inputs_from_a_dataset_with_and_without_uns_tables():
+    rng = np.random.default_rng(0)
+    n_genes, conditions = 8, np.array(["ctrl"] * 30 + ["A"] * 30)
+    x = rng.poisson(20, size=(60, n_genes))
+    x[conditions == "A", 0] = rng.poisson(200, 30)  # gene 0 up in A
+    obs = pd.DataFrame({"condition": conditions}, index=[f"cell{i}" for i in range(60)])
+    genes = [f"g{i}" for i in range(n_genes)]
+    computed = expression_task_inputs(x, genes, obs, {}, min_genes=1)
+    up = computed.de_results.set_index("gene_id")["logfoldchange"]
+    assert "g0" in up.index and up["g0"] > 2
+    assert set(computed.control_map["A"]) == set(obs.index[30:]) and len(set(computed.control_map["A"].values())) == 30
+    assert len(computed.notes) == 2
+    given = expression_task_inputs(x, genes, obs, {DE_TABLE_KEY: DE.assign(pval_adj=0.0),
+                                                  CONTROL_MAP_KEY: CONTROL_MAP}, min_genes=1)
+    assert given.control_map == CONTROL_MAP and not given.notes and set(given.targets) == {"A", "B"}
+    with pytest.raises(InputError, match="no cell has condition == 'ctrl'"):
+        expression_task_inputs(x, genes, obs.assign(condition="A"), {})
+
+
+def test_single_perturbation_metrics_by_hand():
+    rng = np.random.default_rng(1)
+    control = rng.normal(1.0, 0.05, size=(40, 5))
+    truth = control + np.array([2.0, 1.0, 0, 0, 0]) + rng.normal(0, 0.05, size=(40, 5))  # up: g0 > g1
+    pred = control + np.array([1.5, 0, 0.8, 0, 0]) + rng.normal(0, 0.05, size=(40, 5))  # up: g0 > g2
+    genes = [f"g{i}" for i in range(5)]
+    results = {m.label: m.value for m in single_perturbation_metrics(pred, truth, control, genes, top_k=(2,))}
+    p, t, c = pred.mean(0), truth.mean(0), control.mean(0)
+    assert results["mean_squared_error (subset=all)"] == pytest.approx(np.mean((p - t) ** 2))
+    assert results["mean_squared_error (subset=top2)"] == pytest.approx(np.mean((p[:2] - t[:2]) ** 2))
+    assert results["pearson_correlation (subset=all)"] == pytest.approx(np.corrcoef(t - c, p - c)[0, 1])
+    assert results["jaccard (subset=top2)"] == pytest.approx(1 / 3)  # {g0, g2} vs {g0, g1}
+    assert len(results) == 5
+
+
+def test_baselines_and_predicted_effect():
+    x = np.array([[1.0, 2], [3, 2], [5, 2], [1, 6], [3, 8]])
+    conditions = ["ctrl", "ctrl", "A", "B", "C"]
+    np.testing.assert_allclose(no_change_baseline(x[:2], 3), [[2, 2]] * 3)
+    # effects: A [3, 0], B [-1, 4] -> their mean [1, 2]; control mean [2, 2]
+    np.testing.assert_allclose(mean_effect_baseline(x, conditions, "ctrl", "C", 2), [[3, 4]] * 2)
+    assert mean_effect_baseline(x[[0, 1, 4]], ["ctrl", "ctrl", "C"], "ctrl", "C", 1) is None
+    effect = predicted_effect(np.array([[3.0, 1], [5, 1]]), x[:2], ["u", "v"])
+    np.testing.assert_allclose(effect.change_g, [2, -1])
+    up, down = effect.top_genes(1)
+    assert up["gene"].tolist() == ["u"] and down["gene"].tolist() == ["v"]
+
+
+def test_log_normalize_matches_the_definition():
+    x = np.array([[1, 3, 0], [0, 0, 0]])
+    np.testing.assert_allclose(log_normalize(x), [[np.log1p(2500), np.log1p(7500), 0], [0, 0, 0]], rtol=1e-6)
