@@ -264,7 +264,270 @@ def scgpt_entries(quick: bool) -> list[SuiteEntry]:
     return entries
 
 
-ENTRY_BUILDERS: tuple[Callable[[bool], list[SuiteEntry]], ...] = (geneformer_entries, scgpt_entries)
+# -- TranscriptFormer ------------------------------------------------------------------------------
+
+TF_SIZES = {  # config.json of TF-Sapiens: residual width, heads, layers, FFN width, ESM-2 width, vocabulary
+    "TF-Sapiens": dict(embed_dim=2048, num_heads=16, num_layers=12, model_dim=2048, table_dim=2560,
+                       vocab_size=23_829, seq_len=2047),
+}
+TF_TINY = {"tiny 2-layer": dict(embed_dim=32, num_heads=2, num_layers=2, model_dim=48, table_dim=24,
+                                vocab_size=500, seq_len=127)}
+TF_CELLS = 256  # fp32 eager: about 1.7 TFLOP per full-length cell, under a minute on an H100/H200 (estimate)
+TF_SPECIALS, TF_PAD, TF_START, TF_ASSAYS = 7, 1, 2, 20  # the published special-token order; assay vocabulary
+
+
+def generate_transcriptformer_cells(n_cells: int, seed: int, detected: int, seq_len: int, vocab_size: int):
+    """Between half and 1.5 times `detected` distinct expressed genes per cell (cut to `seq_len`), clipped
+    counts 1-30, one known assay token per cell, laid out as the tokenizer does."""
+    from model_runners.transcriptformer.cells import TokenizedCells
+
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.integers(detected // 2, detected * 3 // 2 + 1, n_cells), seq_len)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens_t = np.concatenate([rng.choice(np.arange(TF_SPECIALS, vocab_size), n, replace=False) for n in lengths])
+    counts_t = np.minimum(rng.geometric(0.3, offsets[-1]), 30).astype(np.float32)
+    aux_na = rng.integers(1, TF_ASSAYS, (n_cells, 1))
+    return TokenizedCells(tokens_t.astype(np.int64), counts_t, offsets, aux_na.astype(np.int64))
+
+
+def describe_transcriptformer_cells(cells) -> str:
+    return (f"{len(cells):,} generated cells of {cells.lengths.min():,}-{cells.lengths.max():,} genes "
+            f"(mean {cells.lengths.mean():,.0f}), cell embedding and llh")
+
+
+def prepare_transcriptformer(dims: dict, attention: str, precision: str, device: str):
+    """A random network of `dims` in this runner's `CellEncoder` (length-sorted, automatic batch size)."""
+    import torch
+
+    from model_runners.transcriptformer.inference import CellEncoder
+    from model_runners.transcriptformer.network import NetSpec, TranscriptformerNet
+
+    spec = NetSpec(vocab_size=dims["vocab_size"], table_dim=dims["table_dim"], embed_dim=dims["embed_dim"],
+                   num_heads=dims["num_heads"], num_layers=dims["num_layers"], model_dim=dims["model_dim"],
+                   activation="gelu", attn_bias=False, fw_bias=False, softcap=10.0, seq_len=dims["seq_len"],
+                   log_counts_eps=1e-6, mu_link_fn="softmax", softplus_approx=True,
+                   aux_sizes=(("assay", TF_ASSAYS),), aux_unknown_ids=(0,), start_id=TF_START, pad_id=TF_PAD)
+    torch.manual_seed(0)
+    encoder = CellEncoder(TranscriptformerNet(spec).eval(), device, precision, attention)
+    return partial(encoder.run, clip_counts=30.0)
+
+
+def transcriptformer_entries(quick: bool) -> list[SuiteEntry]:
+    """TF-Sapiens (a tiny model under `quick`): eager fp32, then FlexAttention in fp32 and bf16."""
+    sizes = TF_TINY if quick else TF_SIZES
+    detected = QUICK_DETECTED if quick else REAL_DETECTED
+    entries = []
+    for size, dims in sizes.items():
+        setups = (
+            Setup("fp32, eager attention, length-sorted, auto batch",
+                  partial(prepare_transcriptformer, dims, "eager", "fp32")),
+            Setup("fp32, FlexAttention, length-sorted, auto batch",
+                  partial(prepare_transcriptformer, dims, "flex", "fp32")),
+            Setup("bf16 autocast, FlexAttention, length-sorted, auto batch",
+                  partial(prepare_transcriptformer, dims, "flex", "bf16")),
+        )
+        generate = partial(generate_transcriptformer_cells, detected=detected, seq_len=dims["seq_len"],
+                           vocab_size=dims["vocab_size"])
+        entries.append(SuiteEntry("TranscriptFormer", size, QUICK_CELLS if quick else TF_CELLS, generate,
+                                  describe_transcriptformer_cells, setups))
+    return entries
+
+
+# -- UCE -------------------------------------------------------------------------------------------
+
+UCE_SIZES = {  # encoder layers of the published checkpoints; both: d_model 1,280, 20 heads, FFN 5,120
+    "4-layer": dict(n_layers=4, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120, decoder_dims=(1024, 1280, 1280, 1280)),
+    "33-layer": dict(n_layers=33, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120, decoder_dims=(1024, 1280, 1280, 1280)),
+}
+UCE_TINY = {"tiny 2-layer": dict(n_layers=2, d_model=40, n_heads=20, d_hid=64, token_dim=64, decoder_dims=(32, 24, 24, 24))}
+UCE_CELLS = {"4-layer": 1_000, "33-layer": 200}  # fp32: about 310 GFLOP (4-layer), 2.4 TFLOP (33-layer) per cell
+UCE_TABLE_ROWS, UCE_GENE_ROWS, UCE_CHROMOSOMES = 145_469, 143_574, 25  # the published table; a human-like genome
+UCE_LAYOUT = {"real": (1_024, 1_536), "quick": (160, 256)}  # (sampled genes, padded length)
+UCE_BATCH = {"4-layer": 100, "33-layer": 25, "tiny 2-layer": 16}  # this runner's GPU batch (config.yaml)
+UCE_REFERENCE_BATCH = 25  # the authors' default batch size
+
+
+def generate_uce_cells(n_cells: int, seed: int, sample_size: int, pad_length: int, table_rows: int):
+    """Sentences as the sampler lays them out: `sample_size` genes of random chromosomes, grouped, padded."""
+    from model_runners.uce.sampler import SentenceSpec, build_sentences
+
+    rng = np.random.default_rng(seed)
+    n_genes = min(20_000, table_rows // 2)
+    chrom_offset = table_rows - UCE_CHROMOSOMES
+    spec = SentenceSpec(sample_size, pad_length, pad_token=0, cls_token=3, chrom_right_token=2,
+                        chrom_token_offset=chrom_offset)
+    token_g = rng.integers(4, chrom_offset, n_genes)
+    genes_ns = rng.integers(0, n_genes, (n_cells, sample_size))
+    return build_sentences(genes_ns, token_g, rng.integers(0, UCE_CHROMOSOMES, n_genes),
+                           rng.integers(0, 10**8, n_genes), spec, rng)
+
+
+def describe_uce_cells(cells) -> str:
+    tokens_nl, lengths_n = cells
+    return (f"{len(lengths_n):,} generated cells of {lengths_n.min():,}-{lengths_n.max():,} used tokens "
+            f"(mean {lengths_n.mean():,.0f}), padded to {tokens_nl.shape[1]:,}")
+
+
+def random_uce_network(dims: dict, table_rows: int, max_len: int, attention: str, device: str):
+    """A randomly initialised `UceNetwork` of `dims` with a random fp32 token table, on `device`."""
+    import math
+
+    import torch
+
+    from model_runners.uce.encoder import UceDims, UceNetwork
+
+    shape = UceDims(dims["token_dim"], dims["d_model"], dims["n_heads"], dims["d_hid"], dims["n_layers"],
+                    tuple(dims["decoder_dims"]), max_len, table_rows)
+    torch.manual_seed(0)
+    with torch.device(device):
+        network = UceNetwork(shape, attention)
+        for layer in network.transformer_encoder.layers:
+            torch.nn.init.xavier_uniform_(layer.self_attn.in_proj_weight)
+            torch.nn.init.zeros_(layer.self_attn.in_proj_bias)
+        position = torch.arange(max_len).unsqueeze(1)
+        frequency = torch.exp(torch.arange(0, shape.d_model, 2) * (-math.log(10000.0) / shape.d_model))
+        positions = torch.zeros(max_len, shape.d_model)
+        positions[:, 0::2], positions[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
+        network.positions_ld = positions
+        network.table_td = torch.randn(table_rows, shape.token_dim)
+    return network.eval()
+
+
+def prepare_uce(dims: dict, table_rows: int, max_len: int, attention: str, precision: str, batch_size: int,
+                trim: bool, device: str):
+    """`embed(cells)` through this runner's `UceEncoder`; `trim`: the authors' way, each batch of
+    `batch_size` consecutive cells cut to its longest sentence (batch-dependent outputs), else the full
+    padded length (this runner)."""
+    from model_runners.uce.encoder import UceEncoder
+
+    encoder = UceEncoder(random_uce_network(dims, table_rows, max_len, attention, device), device)
+
+    def embed_cells(cells) -> None:
+        tokens_nl, lengths_n = cells
+        if not trim:
+            encoder.embed(tokens_nl, lengths_n, batch_size, precision)
+            return
+        for start in range(0, len(lengths_n), batch_size):
+            lengths_b = lengths_n[start : start + batch_size]
+            encoder.embed(tokens_nl[start : start + batch_size, : int(lengths_b.max())], lengths_b, batch_size, precision)
+
+    return embed_cells
+
+
+def uce_entries(quick: bool) -> list[SuiteEntry]:
+    """Each published depth (a tiny one under `quick`): the authors' batches and this runner's."""
+    sizes = UCE_TINY if quick else UCE_SIZES
+    sample_size, pad_length = UCE_LAYOUT["quick" if quick else "real"]
+    table_rows = 1_000 if quick else UCE_TABLE_ROWS
+    entries = []
+    for size, dims in sizes.items():
+        batch = UCE_BATCH[size]
+        build = partial(prepare_uce, dims, table_rows, pad_length)
+        setups = (
+            Setup(f"fp32, eager attention, batches of {UCE_REFERENCE_BATCH} trimmed to their longest (authors)",
+                  partial(build, "eager", "fp32", UCE_REFERENCE_BATCH, True)),
+            Setup(f"fp32, SDPA, padded to {pad_length}, batch {batch}", partial(build, "sdpa", "fp32", batch, False)),
+            Setup(f"bf16 autocast, SDPA, padded to {pad_length}, batch {batch}",
+                  partial(build, "sdpa", "bf16", batch, False)),
+        )
+        n_cells = QUICK_CELLS if quick else UCE_CELLS[size]
+        entries.append(SuiteEntry("UCE", size, n_cells,
+                                  partial(generate_uce_cells, sample_size=sample_size, pad_length=pad_length,
+                                          table_rows=table_rows),
+                                  describe_uce_cells, setups))
+    return entries
+
+
+# -- Tokenizer lab ---------------------------------------------------------------------------------
+
+LAB_SIZES = {  # the reference classifier (width 128) and a muP-widened one, over Geneformer-style sentences
+    "d128 2-layer": dict(d_model=128, n_layers=2, n_heads=4),
+    "d512 2-layer": dict(d_model=512, n_layers=2, n_heads=4),
+}
+LAB_TINY = {"tiny d32": dict(d_model=32, n_layers=2, n_heads=4)}
+LAB_CELLS = {"d128 2-layer": 4_000, "d512 2-layer": 2_000}  # training: about 17 / 130 GFLOP per cell (estimate)
+LAB_GENES, LAB_CLASSES, LAB_MAX_LENGTH, LAB_BATCH = 20_000, 10, 2_048, 32
+
+
+def generate_lab_cells(n_cells: int, seed: int, detected: int, max_length: int):
+    """(genes_nl padded with LAB_GENES, values_nl zeros (Fe zero), labels_n): between half and 1.5 times
+    `detected` distinct genes per cell, cut to `max_length`, as the Geneformer preset lays them out."""
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.integers(detected // 2, detected * 3 // 2 + 1, n_cells), max_length)
+    genes_nl = np.full((n_cells, int(lengths.max())), LAB_GENES, dtype=np.int64)
+    for i, n in enumerate(lengths):  # data generation, not measured
+        genes_nl[i, :n] = rng.choice(LAB_GENES, n, replace=False)
+    return genes_nl, np.zeros(genes_nl.shape, dtype=np.float32), rng.integers(0, LAB_CLASSES, n_cells)
+
+
+def describe_lab_cells(cells) -> str:
+    lengths = (cells[0] != LAB_GENES).sum(axis=1)
+    return (f"{len(lengths):,} generated cells of {lengths.min():,}-{lengths.max():,} genes (mean {lengths.mean():,.0f}), "
+            f"training steps (forward, backward, AdamW) in batches of {LAB_BATCH}")
+
+
+def prepare_lab(dims: dict, max_length: int, precision: str, attention: str, device: str):
+    """A tokenizer-lab classifier (identity Fg, zero Fe) of `dims`; returns `train(cells)`, one AdamW step
+    per batch of `LAB_BATCH` consecutive cells, each batch padded to its longest cell. `attention="eager"`
+    pins SDPA to its plain math kernel (the reference)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from czb_core.tokenizer_lab.fe import ZeroFe
+    from czb_core.tokenizer_lab.fg import IdentityFg
+    from czb_core.tokenizer_lab.model import ModelShape, TokenizedClassifier
+
+    shape = ModelShape(**dims)
+    torch.manual_seed(0)
+    model = TokenizedClassifier(IdentityFg(LAB_GENES, shape.d_model), ZeroFe(shape.d_model), LAB_GENES, LAB_CLASSES,
+                                max_length, shape).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95))
+
+    def train_cells(cells) -> None:
+        genes_nl, values_nl, labels_n = cells
+        for start in range(0, len(labels_n), LAB_BATCH):
+            rows = slice(start, start + LAB_BATCH)
+            width = int((genes_nl[rows] != LAB_GENES).sum(axis=1).max())
+            genes_bl = torch.from_numpy(genes_nl[rows, :width]).to(device)
+            values_bl = torch.from_numpy(values_nl[rows, :width]).to(device)
+            kernel = sdpa_kernel(SDPBackend.MATH) if attention == "eager" else contextlib.nullcontext()
+            with kernel, torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(genes_bl, values_bl, torch.zeros_like(genes_bl))
+                loss = F.cross_entropy(logits.float(), torch.from_numpy(labels_n[rows]).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+    return train_cells
+
+
+def tokenizer_lab_entries(quick: bool) -> list[SuiteEntry]:
+    """The lab's classifier at the reference width and at 4x (muP), trained on Geneformer-style sentences."""
+    sizes = LAB_TINY if quick else LAB_SIZES
+    detected = QUICK_DETECTED if quick else REAL_DETECTED
+    max_length = 2 * QUICK_DETECTED if quick else LAB_MAX_LENGTH
+    entries = []
+    for size, dims in sizes.items():
+        setups = (
+            Setup(f"fp32, eager attention (math kernel), training batches of {LAB_BATCH}",
+                  partial(prepare_lab, dims, max_length, "fp32", "eager")),
+            Setup(f"fp32, SDPA, training batches of {LAB_BATCH}", partial(prepare_lab, dims, max_length, "fp32", "sdpa")),
+            Setup(f"bf16 autocast, SDPA, training batches of {LAB_BATCH}",
+                  partial(prepare_lab, dims, max_length, "bf16", "sdpa")),
+        )
+        n_cells = QUICK_CELLS if quick else LAB_CELLS[size]
+        entries.append(SuiteEntry("Tokenizer lab", size, n_cells,
+                                  partial(generate_lab_cells, detected=detected, max_length=max_length),
+                                  describe_lab_cells, setups))
+    return entries
+
+
+ENTRY_BUILDERS: tuple[Callable[[bool], list[SuiteEntry]], ...] = (geneformer_entries, scgpt_entries, transcriptformer_entries,
+                                                                 uce_entries, tokenizer_lab_entries)
 
 
 # -- the harness -----------------------------------------------------------------------------------

@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    from czb_core.tokenizer_lab.cli import add_tokenizer_lab_parser
+
+    add_tokenizer_lab_parser(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ hard-coded to `/weights` or `/app` as cz-benchmarks did.
 | CZB_MAX_UPLOAD_MB | upload size cap shown and enforced by the app | 2048 |
 | CZB_USER | owner recorded on datasets and jobs when no login is set up | local |
 | CZB_METRICS_MAX_CELLS | above this many cells metrics use a seeded stratified subsample | 50000 |
+| CZB_ADMINS | e-mails (or CZB_USER names) of admins, comma-separated: they see every user's items | (none) |
 | CZB_WORKER_MEMORY_LIMIT_MB | data-size limit (RLIMIT_DATA) of each worker process; a job past it fails | (none) |
 """
 
@@ -43,6 +44,7 @@ class Settings:
     user: str = "local"
     metrics_max_cells: int = 50_000
     worker_memory_limit_mb: Optional[int] = None
+    admins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,6 +66,7 @@ class Settings:
             metrics_max_cells=int(os.environ.get("CZB_METRICS_MAX_CELLS", "50000")),
             worker_memory_limit_mb=int(os.environ["CZB_WORKER_MEMORY_LIMIT_MB"])
             if os.environ.get("CZB_WORKER_MEMORY_LIMIT_MB") else None,
+            admins=tuple(a.strip().lower() for a in os.environ.get("CZB_ADMINS", "").split(",") if a.strip()),
         )
 
 

@@ -12,6 +12,7 @@ import streamlit as st
 
 from czb_core.config import get_settings
 from czb_core.io.header import DatasetHeader, read_header
+from czb_core.service.access import owner_scope
 from czb_core.service.jobs import JobManager
 from czb_core.models.compatibility import compatibility_matrix
 from czb_core.types import Organism
@@ -38,6 +39,11 @@ def current_user() -> str:
     return get_settings().user
 
 
+def scope() -> Optional[str]:
+    """What the current user may see: their own items, everything for an admin (`CZB_ADMINS`)."""
+    return owner_scope(current_user())
+
+
 def remember(key: str, value: Optional[str]) -> None:
     """Keep `key` in the session and the URL (None removes it)."""
     if value is None:
@@ -60,9 +66,10 @@ def current_dataset() -> Optional[DatasetRecord]:
     if not sha:
         return None
     try:
-        return workspace().get(sha)
-    except KeyError:
+        return workspace().get(sha, scope())
+    except KeyError:  # gone, or another user's: "not found" either way
         remember("dataset", None)
+        st.warning("That dataset was not found.")
         return None
 
 

@@ -12,7 +12,7 @@ from czb_core.service.jobs import artifacts
 from czb_core.viz.plots import Panel, umap_grid
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.tasks.comparison import compare_runs
-from pages.common import current_user, dataset_header, job_manager, require_dataset
+from pages.common import dataset_header, job_manager, require_dataset, scope
 
 MAX_POINTS = 200_000
 
@@ -21,7 +21,7 @@ record = require_dataset()
 manager = job_manager()
 header = dataset_header(str(record.path), record.sha256)
 obs_names = header.obs.index.to_numpy()
-done = [j for j in manager.list(dataset_sha256=record.sha256) if j.status == "done"]
+done = [j for j in manager.list(dataset_sha256=record.sha256, owner=scope()) if j.status == "done"]
 if not done:
     st.info("No finished run on this dataset yet.")
     st.page_link("pages/run.py", label="Go to 3. Run", icon="▶️")
@@ -78,7 +78,7 @@ def load_metrics(document_path: str) -> dict:
 
 def latest_metrics(job_id: str) -> dict:
     """The newest finished scoring of a run; a note while one is running or when scoring failed."""
-    scores = manager.scores(job_id)
+    scores = manager.scores(job_id, scope())
     for score in scores:
         if score.status == "done":
             return load_metrics(str(score.document_path))
@@ -96,7 +96,7 @@ def rescore_form(job_id: str) -> None:
         batch = c2.selectbox("Batch column", ["(none)"] + columns_of_dataset, key=f"rescore_batch_{job_id}")
         if st.button("Score", key=f"rescore_go_{job_id}"):
             manager.rescore(job_id, {"label_key": label, "batch_key": False if batch == "(none)" else batch},
-                            owner=current_user())
+                            scope())
             st.info("Scoring queued; reload this page in a moment.")
 
 

@@ -12,7 +12,7 @@ from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import discover_models
 from czb_core.tasks import NO_BATCH, MetricOptions, suggest_columns
 from czb_core.types import Organism
-from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset
+from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset, scope
 from pages.params_form import parameter_form
 
 st.title("Run")
@@ -98,7 +98,7 @@ if submitted:
         st.success("This exact run already finished: showing the cached result (no recompute).")
 
 st.subheader("Jobs on this dataset")
-jobs = manager.list(dataset_sha256=record.sha256)
+jobs = manager.list(dataset_sha256=record.sha256, owner=scope())
 if jobs:
     st.dataframe(pd.DataFrame([{
         "job": j.id, "model": j.model, "variant": j.variant, "status": j.status,
@@ -115,9 +115,9 @@ else:
 
 @st.fragment(run_every="1s")
 def job_panel(job_id: str) -> None:
-    job = manager.get(job_id)
+    job = manager.get(job_id, scope())
     if job is None:
-        st.warning(f"Job {job_id} no longer exists.")
+        st.warning(f"Job {job_id} was not found.")
         return
     st.markdown(f"**Job {job.id}** · {job.model} / {job.variant} · **{job.status}**")
     if job.status == "queued":
@@ -128,11 +128,11 @@ def job_panel(job_id: str) -> None:
             label += f": {job.done:,.0f} / {job.total:,.0f}"
         st.progress(min(1.0, job.progress_fraction), text=label)
         if st.button("Cancel", key=f"cancel_{job.id}"):
-            manager.cancel(job.id)
+            manager.cancel(job.id, scope())
     for note in job.notes:
         st.caption(f"Note: {note}")
     if job.status == "done":
-        scores = manager.scores(job.id)
+        scores = manager.scores(job.id, scope())
         scoring = [s for s in scores if s.status in ("queued", "running")]
         if scoring:
             st.info(f"Embedding done; scoring beside the PCA baseline ({scoring[0].step or 'starting'}).")
@@ -142,9 +142,9 @@ def job_panel(job_id: str) -> None:
     elif job.status in ("failed", "cancelled", "interrupted"):
         (st.error if job.status == "failed" else st.warning)(job.error or job.message or job.status)
         if st.button("Run again", key=f"retry_{job.id}"):
-            remember("job", manager.retry(job.id).id)
+            remember("job", manager.retry(job.id, scope()).id)
             st.rerun(scope="app")
-    if job.status == "done" and any(s.status in ("queued", "running") for s in manager.scores(job.id)):
+    if job.status == "done" and any(s.status in ("queued", "running") for s in manager.scores(job.id, scope())):
         return  # keep polling until the scoring is done too
     if job.is_finished and st.session_state.get("_last_status") not in (None, job.status):
         st.session_state["_last_status"] = job.status

@@ -8,7 +8,7 @@ from czb_core.schema.report import CHECKS
 from czb_core.types import Organism
 from czb_core.schema.data_manager import detect_organism_of
 from pages.common import (all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset,
-                          workspace)
+                          scope, workspace)
 
 STATUS_STYLE = {"ok": "background-color:#c8e6c9", "info": "background-color:#c8e6c9",
                 "warning": "background-color:#ffe0b2", "error": "background-color:#ffcdd2",
@@ -26,7 +26,7 @@ organism_name = st.selectbox("Organism of this dataset", organism_names,
                              index=organism_names.index(record.organism) if record.organism in organism_names else 0)
 chosen = None if organism_name == organism_names[0] else organism_name
 if chosen != record.organism:
-    record = workspace().set_organism(record.sha256, chosen)
+    record = workspace().set_organism(record.sha256, chosen, scope())
 organism = Organism.parse(chosen) if chosen else None
 dataset_organism = organism or detection.organism
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import anndata as ad
 import numpy as np
 
-from czb_core.errors import ConfigError, DeviceOutOfMemory, WeightsError
+from czb_core.errors import ConfigError, DatasetValidationError, DeviceOutOfMemory, WeightsError
 from czb_core.io.header import header_from_anndata
 from czb_core.models.device import is_cuda_oom, resolve_device
 from czb_core.models.params import Param, ParamSchema, common_params
@@ -280,6 +280,12 @@ class BaseModelImplementation(ABC):
         """`execute` on the loaded dataset, ending as the reference did in `dataset.set_output(...)`."""
         manager = self.data_manager(header_from_anndata(dataset.adata, dataset.path), dataset.organism)
         output = self.execute(manager.bind(dataset.adata), device=device, progress=progress, cancel=cancel)
+        n_dropped = int((~manager.cells_kept_n).sum())
+        if output.emb_nd is not None and n_dropped:
+            raise DatasetValidationError(
+                f"{self.display_name}'s cell filter dropped {n_dropped:,} cells, and a dataset's output holds one "
+                "embedding per cell; run it with `czb run` or the app, which keep the input order and name the "
+                "dropped cells, or turn the filter off")
         if output.emb_nd is not None:
             dataset.set_output(self.model_type, DataType.EMBEDDING, output.emb_nd)
         return output

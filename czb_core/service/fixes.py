@@ -121,8 +121,8 @@ def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] 
     """Read the dataset, apply one fix, store the result as a version named "<name> · <what changed>"."""
     if fix not in FIXES:
         raise InputError(f"unknown fix {fix!r}; one of {', '.join(FIXES)}")
-    record = workspace.get(sha256)
-    adata = read_anndata(workspace.dataset_path(sha256))
+    record = workspace.get(sha256, owner)  # a fix applies to the user's own dataset
+    adata = read_anndata(workspace.dataset_path(sha256, owner))
     mapping = None
     if fix == "var_column_as_genes":
         adata, note = use_var_column_as_gene_ids(adata, args["column"]), f"genes from var['{args['column']}']"

@@ -31,7 +31,7 @@ CHUNK_BYTES = 8 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
-    sha256 TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
     name TEXT NOT NULL,
     path TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -39,9 +39,11 @@ CREATE TABLE IF NOT EXISTS datasets (
     size_bytes INTEGER NOT NULL,
     parent_sha256 TEXT,
     note TEXT NOT NULL DEFAULT '',
-    organism TEXT
+    organism TEXT,
+    PRIMARY KEY (sha256, owner)
 );
 """
+COLUMNS = "sha256, name, path, owner, created_at, size_bytes, parent_sha256, note, organism"
 
 
 @dataclass
@@ -62,7 +64,10 @@ class DatasetRecord:
 
 
 class Workspace:
-    """Datasets under `<root>/datasets`, records in `<root>/czb.sqlite`; one record per content hash."""
+    """Datasets under `<root>/datasets`, records in `<root>/czb.sqlite`: a file per content hash, a record per
+    (content hash, owner), so two users' identical uploads share the bytes but not the record.
+
+    Methods taking `scope` see only that owner's records (None: every owner's; see `access.py`)."""
 
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root) if root is not None else get_settings().workspace
@@ -71,6 +76,7 @@ class Workspace:
         self.db_path = self.root / DB_NAME
         init_db(self.db_path, SCHEMA)
         add_missing_column(self.db_path, "datasets", "organism", "TEXT")  # workspaces made before it existed
+        key_by_owner(self.db_path)
 
     # -- adding ------------------------------------------------------------------------------------
 
@@ -164,18 +170,24 @@ class Workspace:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def get(self, sha256: str) -> DatasetRecord:
+    def get(self, sha256: str, scope: Optional[str] = None) -> DatasetRecord:
+        """The record of `sha256` visible in `scope`; KeyError ("not found") otherwise."""
+        query, args = "SELECT * FROM datasets WHERE sha256 = ?", [sha256]
+        if scope is not None:
+            query, args = query + " AND owner = ?", args + [scope]
         with open_db(self.db_path) as conn:
-            row = conn.execute("SELECT * FROM datasets WHERE sha256 = ?", (sha256,)).fetchone()
+            row = conn.execute(query + " ORDER BY rowid LIMIT 1", args).fetchone()
         if row is None:
-            raise KeyError(f"no dataset with sha256 {sha256[:12]}... in the workspace {self.root}; add it again")
+            raise KeyError(f"dataset {sha256[:12]}... not found; add it again")
         return DatasetRecord.from_row(row)
 
-    def set_organism(self, sha256: str, organism: Optional[str]) -> DatasetRecord:
+    def set_organism(self, sha256: str, organism: Optional[str], scope: Optional[str] = None) -> DatasetRecord:
         """The organism a user set for this dataset (None: detect it from the genes again)."""
+        record = self.get(sha256, scope)
         with open_db(self.db_path) as conn:
-            conn.execute("UPDATE datasets SET organism = ? WHERE sha256 = ?", (organism, sha256))
-        return self.get(sha256)
+            conn.execute("UPDATE datasets SET organism = ? WHERE sha256 = ? AND owner = ?",
+                         (organism, sha256, record.owner))
+        return self.get(sha256, record.owner)
 
     def list(self, owner: Optional[str] = None) -> list[DatasetRecord]:
         """Newest first; every owner's datasets when `owner` is None."""
@@ -186,9 +198,9 @@ class Workspace:
             rows = conn.execute(query + " ORDER BY created_at DESC, rowid DESC", args).fetchall()
         return [DatasetRecord.from_row(r) for r in rows]
 
-    def dataset_path(self, sha256: str) -> Path:
+    def dataset_path(self, sha256: str, scope: Optional[str] = None) -> Path:
         """The file to run on; a server file that vanished or changed size since it was hashed is refused."""
-        record = self.get(sha256)
+        record = self.get(sha256, scope)
         if not record.path.exists():
             raise InputError(f"{record.name}: the file {record.path} is gone; add the dataset again")
         if record.path.stat().st_size != record.size_bytes:
@@ -219,12 +231,25 @@ class Workspace:
     def _register(
         self, sha: str, name: str, path: Path, owner: Optional[str], parent_sha256: Optional[str], note: str,
     ) -> DatasetRecord:
-        """Insert unless the content is known; the first record of a content hash is kept."""
+        """Insert unless this owner has the content already (their first record of it is kept)."""
+        owner = owner or get_settings().user
         with open_db(self.db_path) as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO datasets (sha256, name, path, owner, created_at, size_bytes, parent_sha256, "
                 "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (sha, name, str(path), owner or get_settings().user, utc_now(), path.stat().st_size,
-                 parent_sha256, note),
+                (sha, name, str(path), owner, utc_now(), path.stat().st_size, parent_sha256, note),
             )
-        return self.get(sha)
+        return self.get(sha, owner)
+
+
+def key_by_owner(db_path: Path) -> None:
+    """Rebuild a datasets table keyed by content hash alone (made before owners were kept apart) as one
+    keyed by (hash, owner), keeping every record."""
+    with open_db(db_path, immediate=True) as conn:
+        key = [row["name"] for row in conn.execute("PRAGMA table_info(datasets)") if row["pk"]]
+        if key != ["sha256"]:
+            return
+        conn.execute("ALTER TABLE datasets RENAME TO datasets_by_hash")
+        conn.execute(SCHEMA.strip().rstrip(";"))
+        conn.execute(f"INSERT INTO datasets ({COLUMNS}) SELECT {COLUMNS} FROM datasets_by_hash")
+        conn.execute("DROP TABLE datasets_by_hash")

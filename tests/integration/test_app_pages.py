@@ -1,37 +1,12 @@
 """Each page under Streamlit's AppTest (in-process, no browser): what it shows for a given dataset."""
 
-from pathlib import Path
-
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from czb_core.service.workspace import Workspace
+from tests.helpers.apptest import fresh_manager, page  # noqa: F401  (fixture)
 from tests.helpers.data import log_normalised
 
-TIMEOUT = 60
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def fresh_manager():
-    """The job manager is a per-process resource; each test has its own CZB_HOME, so drop the old one."""
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    from pages.common import job_manager
-
-    job_manager().shutdown(timeout=5)
-    st.cache_resource.clear()
-
-
-def page(name: str, **query) -> AppTest:
-    """The app (with its navigation, which page links need) switched to `pages/<name>.py`."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.switch_page(f"pages/{name}.py").run()
-
+pytestmark = pytest.mark.usefixtures("fresh_manager")
 
 def test_dataset_page_offers_sources_then_summarises_the_demo(small_h5ad, monkeypatch):
     monkeypatch.setenv("CZB_DEMO", str(small_h5ad))

@@ -257,7 +257,7 @@ def test_same_spec_is_a_cache_hit(start, dataset):
 
 def test_submit_refuses_what_cannot_run(start, dataset):
     manager = start(FakeRun(), start_workers=False)
-    with pytest.raises(KeyError, match="no dataset"):
+    with pytest.raises(KeyError, match="not found"):
         manager.submit("0" * 64, "pca")
     with pytest.raises(ConfigError, match="unknown model"):
         manager.submit(dataset.sha256, "no-such-model")

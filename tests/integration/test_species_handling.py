@@ -16,7 +16,7 @@ from czb_core.schema.gene_references import gene_table
 from czb_core.service.fixes import map_symbols_to_ids, map_to_orthologs
 from czb_core.service.workspace import Workspace
 from czb_core.types import Organism
-from tests.integration.test_app_pages import page
+from tests.helpers.apptest import fresh_manager, page  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,7 @@ def test_verdicts_say_what_is_unknown_until_the_weights_are_downloaded(small_h5a
     assert code == 0 and "can run once its weights" in out and "checked once the reference weights" in out
 
 
+@pytest.mark.usefixtures("fresh_manager")
 def test_run_page_blocks_a_human_only_model_for_mouse_data(write_h5ad, mouse_upper):
     record = Workspace().add_file(write_h5ad(mouse_upper))
     at = page("run", dataset=record.sha256)

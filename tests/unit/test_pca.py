@@ -1,6 +1,5 @@
 """The PCA baseline against scanpy's own pipeline, on sparse input, seeded."""
 
-import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc

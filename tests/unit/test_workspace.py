@@ -18,17 +18,19 @@ def stored_files(ws: Workspace) -> list:
     return sorted(p for p in ws.datasets_dir.rglob("*") if p.is_file())
 
 
-def test_same_bytes_are_one_dataset(small_h5ad, tmp_path):
+def test_same_bytes_are_one_file_and_one_record_per_owner(small_h5ad, tmp_path):
     ws = Workspace()
     copy = tmp_path / "renamed.h5ad"
     shutil.copyfile(small_h5ad, copy)
     first = ws.add_file(small_h5ad, owner="ana")
+    again = ws.add_file(copy, owner="ana")
     second = ws.add_file(copy, owner="ben")
-    assert first == second and first.name == "small.h5ad" and first.owner == "ana"
+    assert first == again and first.name == "small.h5ad" and first.owner == "ana"
+    assert second.sha256 == first.sha256 and second.path == first.path and second.owner == "ben"
     assert first.sha256 == sha256_file(small_h5ad) and first.size_bytes == small_h5ad.stat().st_size
     assert stored_files(ws) == [ws.datasets_dir / f"{first.sha256}.h5ad"]
-    assert [r.sha256 for r in ws.list()] == [first.sha256]
-    assert ws.list(owner="ben") == []
+    assert [r.owner for r in ws.list()] == ["ben", "ana"]
+    assert [r.name for r in ws.list(owner="ben")] == ["renamed.h5ad"]
 
 
 def test_upload_is_streamed_to_disk_and_hashed(small_h5ad):
@@ -111,7 +113,7 @@ def test_fixed_version_keeps_its_parent(small_adata, small_h5ad):
 
 
 def test_unknown_dataset_is_a_clear_key_error():
-    with pytest.raises(KeyError, match="no dataset with sha256 abc"):
+    with pytest.raises(KeyError, match="dataset abc000000000... not found"):
         Workspace().get("abc" + "0" * 61)
 
 

@@ -22,6 +22,7 @@ from czb_core.errors import ConfigError
 from czb_core.models.device import resolve_device
 from czb_core.models.pipeline import embed_file
 from czb_core.models.registry import ModelConfig, get_model
+from czb_core.service.access import visible
 from czb_core.service.fixes import FixRunner
 from czb_core.service.jobs.artifacts import is_complete
 from czb_core.service.jobs.execution import JobRunner
@@ -112,36 +113,41 @@ class JobManager:
             self.scorer.score(job, options, owner)
         return job
 
-    def rescore(self, job_id: str, metrics: MetricOptions | dict, owner: Optional[str] = None) -> Score:
+    def rescore(self, job_id: str, metrics: MetricOptions | dict, scope: Optional[str] = None) -> Score:
         """Score a job's embedding with other metric options, without embedding again."""
-        job = self.store.get(job_id)
-        if job is None:
-            raise KeyError(f"no job {job_id}")
+        job = self._visible(job_id, scope)
         options = metrics if isinstance(metrics, MetricOptions) else MetricOptions.from_dict(metrics)
-        return self.scorer.score(job, options, owner or job.owner)
+        return self.scorer.score(job, options, job.owner)
 
-    def scores(self, job_id: str) -> list[Score]:
+    def scores(self, job_id: str, scope: Optional[str] = None) -> list[Score]:
         """The job's scoring runs, newest first."""
-        return self.store.scores_of(job_id)
+        return self.store.scores_of(self._visible(job_id, scope).id)
 
-    def cancel(self, job_id: str) -> Optional[Job]:
+    def cancel(self, job_id: str, scope: Optional[str] = None) -> Optional[Job]:
         """A queued job is cancelled at once; a running one stops at its next check between batches (or,
         in a worker process that does not get there within seconds, with its process)."""
+        self._visible(job_id, scope)
         if not self.store.set_status(job_id, CANCELLED, message="cancelled before it started", only_from=(QUEUED,)):
             self.store.request_cancel(job_id)
         return self.store.get(job_id)
 
-    def retry(self, job_id: str) -> Job:
+    def retry(self, job_id: str, scope: Optional[str] = None) -> Job:
         """The same spec again, as a new job (the old one keeps its error for the record)."""
-        job = self.store.get(job_id)
-        if job is None:
-            raise KeyError(f"no job {job_id}")
+        job = self._visible(job_id, scope)
         if job.status not in RETRYABLE:
             raise ConfigError(f"job {job_id} is {job.status}; only failed, cancelled or interrupted jobs can be retried")
         return self._submit(job.spec, job.owner, job.device if job.device in self.devices else "cpu")
 
-    def get(self, job_id: str) -> Optional[Job]:
-        return self.store.get(job_id)
+    def get(self, job_id: str, scope: Optional[str] = None) -> Optional[Job]:
+        """The job, or None when there is none in `scope` (another owner's job is not found either)."""
+        job = self.store.get(job_id)
+        return job if job is not None and visible(job.owner, scope) else None
+
+    def _visible(self, job_id: str, scope: Optional[str]) -> Job:
+        job = self.get(job_id, scope)
+        if job is None:
+            raise KeyError(f"job {job_id} not found")
+        return job
 
     def list(
         self, dataset_sha256: Optional[str] = None, owner: Optional[str] = None,
@@ -173,12 +179,12 @@ class JobManager:
         return "cuda" if resolve_device(request).startswith("cuda") else "cpu"
 
     def _submit(self, spec: JobSpec, owner: str, device: str) -> Job:
-        self.workspace.get(spec.dataset_sha256)  # KeyError now, not a failed job later
+        self.workspace.get(spec.dataset_sha256, owner)  # KeyError ("not found") now, not a failed job later
         key = spec.key()
-        cached = self.store.find_done(key)
+        cached = self.store.find_done(key, owner)
         if cached is not None and is_complete(cached.artifact_dir):
             return cached
-        active = self.store.find_active(key)
+        active = self.store.find_active(key, owner)
         if active is not None:
             return active
         job = self.store.create(spec, owner, device)

@@ -259,13 +259,13 @@ class JobStore:
                 "UPDATE jobs SET notes_json = ? WHERE id = ?", (json.dumps([*json.loads(notes_json), note]), job_id)
             )
 
-    def find_done(self, spec_key: str) -> Optional[Job]:
-        """The newest finished-and-successful job with this cache key."""
-        return self._newest(spec_key, (DONE,))
+    def find_done(self, spec_key: str, owner: str) -> Optional[Job]:
+        """The owner's newest finished-and-successful job with this cache key."""
+        return self._newest(spec_key, owner, (DONE,))
 
-    def find_active(self, spec_key: str) -> Optional[Job]:
-        """A queued or running job with this cache key (a second click on Run joins it)."""
-        return self._newest(spec_key, (QUEUED, RUNNING))
+    def find_active(self, spec_key: str, owner: str) -> Optional[Job]:
+        """The owner's queued or running job with this cache key (a second click on Run joins it)."""
+        return self._newest(spec_key, owner, (QUEUED, RUNNING))
 
     def mark_interrupted_on_startup(self) -> int:
         """Jobs left running by a previous server process can never finish: make them retryable."""
@@ -275,12 +275,12 @@ class JobStore:
                 (INTERRUPTED, utc_now(), "the server restarted while this job was running; retry it", RUNNING),
             ).rowcount
 
-    def _newest(self, spec_key: str, statuses: tuple[str, ...]) -> Optional[Job]:
+    def _newest(self, spec_key: str, owner: str, statuses: tuple[str, ...]) -> Optional[Job]:
         with open_db(self.db_path) as conn:
             row = conn.execute(
-                f"SELECT * FROM jobs WHERE spec_key = ? AND status IN ({', '.join('?' * len(statuses))}) "
+                f"SELECT * FROM jobs WHERE spec_key = ? AND owner = ? AND status IN ({', '.join('?' * len(statuses))}) "
                 "ORDER BY rowid DESC LIMIT 1",
-                (spec_key, *statuses),
+                (spec_key, owner, *statuses),
             ).fetchone()
         return Job.from_row(row) if row else None
 

@@ -1,0 +1,7 @@
+"""Tokenizer lab: train a small transformer per (Fg, Fe, Fc) tokenizer and seed, and compare test
+accuracy and MCC on held-out groups (e.g. a tissue never seen in training).
+
+Modules: `fg`, `fe`, `fc` (the three parts), `sentences` (batches), `mup` and `model` (the classifier;
+torch only), `train` (one run), `lab` (data preparation and the whole comparison), `presets`, `cli`.
+Nothing is imported here, so `model` stays importable where pandas and anndata are not installed.
+"""
