@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import best_of, generated_counts  # noqa: E402
 from model_runners.geneformer.dictionaries import GeneDictionaries  # noqa: E402
 from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizerSpec  # noqa: E402
 
@@ -36,19 +37,6 @@ INPUT_SIZE = 4096
 SPECIALS = ("<pad>", "<mask>", "<cls>", "<eos>")
 
 
-def generated_counts(n_cells: int, n_genes: int, detected: int, seed: int = 0) -> sp.csr_matrix:
-    """Counts with ~`detected` genes per cell (between half and 1.5 times that), small integers."""
-    rng = np.random.default_rng(seed)
-    nnz_n = rng.integers(detected // 2, detected * 3 // 2, size=n_cells)
-    indptr = np.concatenate([[0], np.cumsum(nnz_n)])
-    # distinct sorted columns per row: random gaps that add up to at most n_genes
-    gaps = rng.random(indptr[-1])
-    columns = np.empty(indptr[-1], dtype=np.int32)
-    for lo, hi in zip(indptr[:-1], indptr[1:]):  # data generation, not measured
-        row = np.cumsum(gaps[lo:hi])
-        columns[lo:hi] = (row / row[-1] * (n_genes - 1 - (hi - lo))).astype(np.int64) + np.arange(hi - lo)
-    data = (rng.negative_binomial(1, 0.4, size=indptr[-1]) + 1).astype(np.float32)
-    return sp.csr_matrix((data, columns, indptr), shape=(n_cells, n_genes))
 
 
 def fake_dictionaries(n_genes: int, seed: int = 0) -> tuple[GeneDictionaries, list[str]]:
@@ -72,13 +60,6 @@ def plain_tokenize(x_ng: sp.csr_matrix, token_c: np.ndarray, median_c: np.ndarra
     return cells
 
 
-def best_of(repeats: int, fn):
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
 
 
 def bench_tokenization(args) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import best_of, generated_counts  # noqa: E402
 from model_runners.scgpt.files import ScgptArgs, Vocab  # noqa: E402
 from model_runners.scgpt.tokenizer import tokenize  # noqa: E402
 
@@ -33,18 +34,6 @@ WHOLE_HUMAN = ScgptArgs(embsize=512, nheads=8, d_hid=512, nlayers=12, pad_token=
                         max_seq_len=1200)
 
 
-def generated_counts(n_cells: int, n_genes: int, detected: int, seed: int = 0) -> sp.csr_matrix:
-    """~`detected` distinct genes per cell (half to 1.5 times that); counts 1 + negative binomial with
-    lognormal gene means, so most are small and a few run into the thousands, as in real data."""
-    rng = np.random.default_rng(seed)
-    nnz_n = rng.integers(detected // 2, detected * 3 // 2, size=n_cells)
-    indptr = np.concatenate([[0], np.cumsum(nnz_n)])
-    columns = np.empty(indptr[-1], dtype=np.int32)
-    for lo, hi in zip(indptr[:-1], indptr[1:]):  # data generation, not measured
-        columns[lo:hi] = np.sort(rng.choice(n_genes, hi - lo, replace=False))
-    mean_g = rng.lognormal(0.0, 1.5, n_genes)
-    data = 1 + rng.negative_binomial(0.5, 0.5 / (0.5 + mean_g[columns]))
-    return sp.csr_matrix((data.astype(np.float32), columns, indptr), shape=(n_cells, n_genes))
 
 
 def plain_tokenize(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cls_id: int, seed: int) -> list:
@@ -67,13 +56,6 @@ def plain_tokenize(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cl
     return cells
 
 
-def best_of(repeats: int, fn):
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
 
 
 def main() -> None:

@@ -19,33 +19,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import best_of, generated_counts  # noqa: E402
 from model_runners.transcriptformer.cells import TokenizedCells  # noqa: E402
 from model_runners.transcriptformer.tokenizer import tokenize_genes  # noqa: E402
 
 SMALL = dict(embed_dim=256, num_heads=8, num_layers=2, model_dim=256, table_dim=128, vocab_size=5_000, seq_len=511)
 
 
-def generated_counts(n_cells: int, n_genes: int, detected: int, seed: int = 0) -> sp.csr_matrix:
-    rng = np.random.default_rng(seed)
-    nnz_n = np.minimum(rng.integers(detected // 2, detected * 3 // 2 + 1, n_cells), n_genes)
-    indptr = np.concatenate([[0], np.cumsum(nnz_n)])
-    indices = np.concatenate([np.sort(rng.choice(n_genes, n, replace=False)) for n in nnz_n])
-    data = rng.geometric(0.2, indptr[-1]).astype(np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes))
 
 
 def bench_tokenizer(n_cells: int, n_genes: int, detected: int) -> None:
     x_ng = generated_counts(n_cells, n_genes, detected)
     token_g = np.arange(7, 7 + n_genes, dtype=np.int64)
-    best = min(_timed(lambda: tokenize_genes(x_ng, token_g, 2047, 30.0)) for _ in range(3))
+    best, _ = best_of(3, lambda: tokenize_genes(x_ng, token_g, 2047, 30.0))
     print(f"tokenization: {n_cells:,} cells x {n_genes:,} genes, {x_ng.nnz / n_cells:,.0f} expressed per cell: "
           f"{n_cells / best:,.0f} cells/s ({best:.2f} s)")
 
@@ -76,16 +68,12 @@ def bench_attention(n_cells: int) -> None:
     for backend in ("eager", "flex"):
         encoder = CellEncoder(net, "cpu", "fp32", backend)
         encoder.run(warmup, 30.0, 8)
-        seconds = _timed(lambda: embeddings.__setitem__(backend, encoder.run(cells, 30.0, 8).emb_nd))
+        seconds, _ = best_of(1, lambda: embeddings.__setitem__(backend, encoder.run(cells, 30.0, 8).emb_nd))
         print(f"  {backend:>5}: {n_cells / seconds:,.2f} cells/s ({seconds:.1f} s)")
     largest = np.abs(embeddings["eager"] - embeddings["flex"]).max()
     print(f"  largest |eager - flex| embedding difference: {largest:.1e}")
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main(argv=None) -> None:

@@ -19,27 +19,26 @@ Random weights, not the trained ones: a check of the arithmetic, not of the publ
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-from model_runners.uce.sampler import CountsBlock, SentenceSpec, sample_sentences
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import best_of, generated_counts  # noqa: E402
+from model_runners.uce.sampler import CountsBlock, SentenceSpec, sample_sentences  # noqa: E402
 
 SPEC = SentenceSpec(sample_size=1024, pad_length=1536, pad_token=0, cls_token=3, chrom_right_token=2,
                     chrom_token_offset=143_574)
 N_CHROMOSOMES = 25
 
 
-def generated_counts(n_cells: int, n_genes: int, detected: int, seed: int = 0):
+def generated_genes(n_genes: int, seed: int = 0):
+    """Random (token, chromosome, start) per gene."""
     rng = np.random.default_rng(seed)
-    nnz_n = rng.integers(detected // 2, detected * 3 // 2, n_cells)
-    indptr = np.concatenate([[0], np.cumsum(nnz_n)])
-    indices = np.concatenate([np.sort(rng.choice(n_genes, k, replace=False)) for k in nnz_n])
-    data = rng.negative_binomial(2, 0.4, indptr[-1]).astype(np.float32) + 1
-    genes = (rng.integers(4, 100_000, n_genes), rng.integers(0, N_CHROMOSOMES, n_genes),
-             rng.integers(0, 10**8, n_genes))
-    return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes)), genes
+    return (rng.integers(4, 100_000, n_genes), rng.integers(0, N_CHROMOSOMES, n_genes),
+            rng.integers(0, 10**8, n_genes))
 
 
 def plain_sentences(x, token_g, chrom_g, start_g, spec: SentenceSpec, seed: int) -> np.ndarray:
@@ -70,21 +69,15 @@ def plain_sentences(x, token_g, chrom_g, start_g, spec: SentenceSpec, seed: int)
     return out
 
 
-def best_of(n: int, run) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def bench_sampling(args) -> None:
-    x, (token_g, chrom_g, start_g) = generated_counts(args.cells, args.genes, args.detected)
+    x = generated_counts(args.cells, args.genes, args.detected)
+    token_g, chrom_g, start_g = generated_genes(args.genes)
     block = CountsBlock(x.indptr, x.indices, x.data)
-    vectorised_s = best_of(3, lambda: [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, 0)])
+    vectorised_s = best_of(3, lambda: [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, 0)])[0]
     plain_x = x[: args.plain_cells]
-    plain_s = best_of(3, lambda: plain_sentences(plain_x, token_g, chrom_g, start_g, SPEC, 0))
+    plain_s = best_of(3, lambda: plain_sentences(plain_x, token_g, chrom_g, start_g, SPEC, 0))[0]
     vectorised, plain = args.cells / vectorised_s, args.plain_cells / plain_s
     print(f"sampling, {args.cells:,} cells x {args.genes:,} genes, {x.nnz / args.cells:,.0f} detected per cell, "
           f"{SPEC.sample_size} draws, padded to {SPEC.pad_length}:")
