@@ -526,8 +526,87 @@ def tokenizer_lab_entries(quick: bool) -> list[SuiteEntry]:
     return entries
 
 
+# -- scGenePT --------------------------------------------------------------------------------------
+
+SCGENEPT_SIZES = {  # the scGPT whole-human encoder it fine-tunes, with the NCBI+UniProt text table (1,536 wide)
+    "whole-human + GenePT": dict(d_model=512, n_heads=8, d_hid=512, n_layers=12, text_dim=1536),
+}
+SCGENEPT_TINY = {"tiny 2-layer": dict(d_model=32, n_heads=2, d_hid=48, n_layers=2, text_dim=24)}
+SCGENEPT_GENES, SCGENEPT_QUICK_GENES = 5_000, 64  # the gene axis of the Norman / Adamson screens (~5,000 genes)
+SCGENEPT_CELLS = 512  # fp32 eager: about 0.8 TFLOP per cell over 5,000 genes, seconds on an H100/H200 (estimate)
+SCGENEPT_REFERENCE_BATCH = 16
+
+
+@dataclass(frozen=True)
+class ControlCells:
+    """What scGenePT's `predict` takes: control expression, the gene axis' tokens, the perturbation flags."""
+
+    values_ng: np.ndarray
+    tokens_g: np.ndarray
+    flags_g: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values_ng)
+
+
+def generate_scgenept_cells(n_cells: int, seed: int, n_genes: int, vocab_size: int) -> ControlCells:
+    """Log-normalised control expression (about a third of genes detected) over a gene axis of distinct
+    tokens, and one perturbed gene."""
+    rng = np.random.default_rng(seed)
+    values_ng = np.where(rng.random((n_cells, n_genes)) < 0.33, rng.gamma(1.5, 1.0, (n_cells, n_genes)), 0.0)
+    tokens_g = np.sort(rng.choice(vocab_size, n_genes, replace=False)).astype(np.int64)
+    flags_g = np.zeros(n_genes, dtype=np.int64)
+    flags_g[rng.integers(n_genes)] = 1
+    return ControlCells(values_ng.astype(np.float32), tokens_g, flags_g)
+
+
+def describe_scgenept_cells(cells: ControlCells) -> str:
+    return f"{len(cells):,} generated control cells x {cells.values_ng.shape[1]:,} genes, one gene perturbed"
+
+
+def prepare_scgenept(dims: dict, vocab_size: int, attention: str, precision: str, batch_size: Optional[int],
+                     device: str):
+    """A random scGenePT of `dims` (one text encoder); returns `predict(cells)`."""
+    import torch
+
+    from model_runners.scgenept.inference import LoadedScGenePT, predict
+    from model_runners.scgenept.network import GENEPT_ENCODER, ScGenePT
+
+    torch.manual_seed(0)
+    network = ScGenePT(vocab_size, dims["d_model"], dims["n_heads"], dims["d_hid"], dims["n_layers"],
+                       (GENEPT_ENCODER,), dims["text_dim"], attention)
+    model = LoadedScGenePT(network.to(device).eval(), vocab_size, torch.device(device))
+
+    def predict_cells(cells: ControlCells) -> None:
+        predict(model, cells.values_ng, cells.tokens_g, cells.flags_g, batch_size=batch_size, precision=precision)
+
+    return predict_cells
+
+
+def scgenept_entries(quick: bool) -> list[SuiteEntry]:
+    """The published size on the screens' gene axis: every position attends to every other (no padding)."""
+    sizes = SCGENEPT_TINY if quick else SCGENEPT_SIZES
+    n_genes = SCGENEPT_QUICK_GENES if quick else SCGENEPT_GENES
+    vocab = 500 if quick else SCGPT_VOCAB
+    entries = []
+    for size, dims in sizes.items():
+        batch = 4 if quick else SCGENEPT_REFERENCE_BATCH
+        setups = (
+            Setup(f"fp32, eager attention, batches of {batch}",
+                  partial(prepare_scgenept, dims, vocab, "eager", "fp32", batch)),
+            Setup(f"fp32, SDPA, batches of {batch}", partial(prepare_scgenept, dims, vocab, "sdpa", "fp32", batch)),
+            Setup(f"bf16 autocast, SDPA, batches of {batch}",
+                  partial(prepare_scgenept, dims, vocab, "sdpa", "bf16", batch)),
+        )
+        n_cells = QUICK_CELLS if quick else SCGENEPT_CELLS
+        entries.append(SuiteEntry("scGenePT", size, n_cells,
+                                  partial(generate_scgenept_cells, n_genes=n_genes, vocab_size=vocab),
+                                  describe_scgenept_cells, setups))
+    return entries
+
+
 ENTRY_BUILDERS: tuple[Callable[[bool], list[SuiteEntry]], ...] = (geneformer_entries, scgpt_entries, transcriptformer_entries,
-                                                                 uce_entries, tokenizer_lab_entries)
+                                                                 uce_entries, scgenept_entries, tokenizer_lab_entries)
 
 
 # -- the harness -----------------------------------------------------------------------------------

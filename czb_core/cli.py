@@ -94,7 +94,7 @@ def cmd_params(args) -> int:
 
 def _run_and_write(args, params: dict):
     """Run the model with progress on stderr, report the validation problems, write `--out`."""
-    from czb_core.models.pipeline import embed_file, write_run_h5ad
+    from czb_core.models.pipeline import embed_file, extras_path, write_extras, write_run_h5ad
     from czb_core.progress import StderrProgress
 
     if args.batch_size is not None:
@@ -105,7 +105,11 @@ def _run_and_write(args, params: dict):
     )
     for problem in result.report.problems:
         print(f"[czb] {problem.severity.value}: {problem.message}", file=sys.stderr)
-    return result, write_run_h5ad(result, args.out)
+    out = write_run_h5ad(result, args.out)
+    extras = write_extras(result, extras_path(out))
+    if extras is not None:
+        print(f"wrote {extras}: {', '.join(f'{k} {v.shape}' for k, v in result.extras.items())}", file=sys.stderr)
+    return result, out
 
 
 def cmd_run(args) -> int:
@@ -174,6 +178,12 @@ def cmd_benchmark(args) -> int:
     import numpy as np
     import pandas as pd
 
+    if args.task == "perturbation":
+        return _benchmark_perturbation(args)
+    missing = [flag for flag, value in (("--embedding", args.embedding), ("--label-key", args.label_key)) if not value]
+    if missing:
+        raise ConfigError(f"the embedding task needs {' and '.join(missing)}")
+
     from czb_core.io.reading import read_anndata
     from czb_core.progress import StderrProgress
     from czb_core.tasks import NO_BATCH, MetricOptions
@@ -209,6 +219,45 @@ def cmd_benchmark(args) -> int:
         table = pd.DataFrame(document["table"])
         shown = table if document["baseline"] else table.drop(columns=["baseline", "delta", "better"])
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _benchmark_perturbation(args) -> int:
+    """A scGenePT prediction against the dataset it was made from: the 0.10 metrics and the 0.15
+    Spearman of the model and of the no-change and mean-effect baselines."""
+    from czb_core.io.header import read_header
+    from czb_core.io.reading import read_anndata
+    from czb_core.models.registry import get_model
+    from czb_core.tasks.perturbation import evaluate_prediction
+
+    if not args.prediction:
+        raise ConfigError("--task perturbation needs --prediction (a `czb perturb-predict` output)")
+    prediction = _read_any_h5ad(args.prediction)
+    record = prediction.uns.get("czb_run") or {}
+    if record.get("prediction_shape") is None or "control_cell" not in prediction.obs:
+        raise InputError(f"{args.prediction} is not a perturbation prediction (write one with `czb perturb-predict`)")
+    params = record.get("params") or {}
+    condition = args.condition or params.get("perturbation")
+    config = get_model(str(record.get("model")))
+    validator = config.load_implementation()(config)  # the data manager reads genes and counts alike for all variants
+    manager = validator.data_manager(read_header(args.data), _organism(args.organism))
+    adata = read_anndata(args.data)
+    manager.bind(adata)
+    evaluation = evaluate_prediction(
+        prediction.X, prediction.var_names, prediction.obs["control_cell"], manager.counts(), manager.genes_g,
+        adata.obs, adata.uns, condition=str(condition), condition_key=args.condition_key,
+        control_name=args.control_name, var_names=adata.var_names)
+    for note in evaluation.notes:
+        print(f"[czb] note: {note}", file=sys.stderr)
+    document = {"condition": evaluation.condition, "metrics": evaluation.metrics.to_dict(orient="records"),
+                "notes": evaluation.notes, "prediction": record.get("input", {}), "model": record.get("model"),
+                "variant": record.get("variant")}
+    if args.out:
+        Path(args.out).write_text(json.dumps(document, indent=2, default=str))
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+    elif not evaluation.metrics.empty:
+        print(evaluation.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -303,10 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
     p.set_defaults(func=cmd_perturb_predict)
 
-    p = sub.add_parser("benchmark", help="score an embedding already in an h5ad, beside the PCA baseline")
-    p.add_argument("data", help=".h5ad holding the embedding (and counts, or a czb run record, for the baseline)")
-    p.add_argument("--embedding", required=True, metavar="OBSM_KEY", help="e.g. X_scvi")
-    p.add_argument("--label-key", required=True, metavar="COL")
+    p = sub.add_parser("benchmark", help="score an embedding already in an h5ad beside the PCA baseline, or "
+                                          "(--task perturbation) a predicted perturbation beside two baselines")
+    p.add_argument("data", help=".h5ad holding the embedding (and counts, or a czb run record, for the baseline); "
+                                "for --task perturbation the dataset the prediction was made from")
+    p.add_argument("--task", choices=("embedding", "perturbation"), default="embedding")
+    p.add_argument("--embedding", metavar="OBSM_KEY", help="e.g. X_scvi (embedding task)")
+    p.add_argument("--label-key", metavar="COL", help="cell-type column (embedding task)")
+    p.add_argument("--prediction", metavar="H5AD", help="perturbation task: a `czb perturb-predict` output")
+    p.add_argument("--condition-key", default="condition", metavar="COL", help="perturbation task: condition column")
+    p.add_argument("--control-name", default="ctrl", help="perturbation task: the control cells' condition")
+    p.add_argument("--condition", help="perturbation task: the dataset's label of the predicted perturbation "
+                                       "(default: the perturbation the prediction was made for)")
     p.add_argument("--batch-key", metavar="COL")
     p.add_argument("--split-key", metavar="COL", help="cross-split label transfer: the column of the groups")
     p.add_argument("--train", metavar="VALUE", help="the split value to train on")

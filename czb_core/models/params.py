@@ -27,6 +27,14 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def parse_list(value: Any) -> tuple[str, ...]:
+    """`"A, B"` or `["A", "B"]` -> `("A", "B")`; empty entries dropped."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter. `kind` is int, float, str, bool or "list" (a comma-separated text or a sequence),
@@ -55,6 +63,8 @@ class Param:
         try:
             if self.parse is not None:
                 value = self.parse(value)
+            elif self.kind == "list":
+                value = parse_list(value)
             elif self.kind == "bool":
                 value = parse_bool(value)
             elif self.kind == "int":

@@ -3,13 +3,14 @@
 `embed_file` reads the file's header once, builds the model's data manager from it, and runs the
 implementation's `execute` flow, which reads the matrix only after the checks pass. It returns a
 `RunResult` (the embedding or a prediction, obs and the run record). `write_run_h5ad` writes the slim h5ad
-contract: obs of the input, `obsm["X_<model>"]`, `uns["czb_run"]`.
+contract: obs of the input, `obsm["X_<model>"]`, `uns["czb_run"]`; `write_extras` the side outputs some
+runs make (`<name>.extras.npz`, e.g. contextual gene embeddings), which do not belong in the h5ad.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,6 +50,7 @@ class RunResult:
     report: ValidationReport
     pred_ng: Optional[np.ndarray] = None
     genes_g: Optional[np.ndarray] = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def obsm_key(self) -> str:
@@ -102,11 +104,13 @@ def embed_file(
                        "species": manager.detection.describe(), "reference": manager.detection.reference}
     if output.pred_ng is not None:  # rows are the runner's (e.g. sampled control cells), not the input's
         obs = pd.DataFrame(output.obs, index=pd.RangeIndex(output.n_cells).astype(str))
-        return RunResult(model, implementation.variant, None, obs, record, report, output.pred_ng, output.genes_g)
+        return RunResult(model, implementation.variant, None, obs, record, report, output.pred_ng, output.genes_g,
+                         output.extras)
     obs = manager.obs.iloc[np.flatnonzero(manager.cells_kept_n)].copy()
     for column, values in output.obs.items():
         obs[column] = values
-    return RunResult(model, implementation.variant, np.asarray(output.emb_nd), obs, record, report)
+    return RunResult(model, implementation.variant, np.asarray(output.emb_nd), obs, record, report,
+                     extras=output.extras)
 
 
 def run_record(implementation, output: RunOutput, report: ValidationReport, *, header_path: str, sha256: str,
@@ -130,6 +134,7 @@ def run_record(implementation, output: RunOutput, report: ValidationReport, *, h
         "seed": implementation.args.seed,
         "batch_size_used": output.batch_size,
         "facts": output.facts,
+        "extras": {name: list(np.shape(values)) for name, values in output.extras.items()},
         "notes": output.notes,
         "validation": [p.to_dict() for p in report.problems],
         "versions": package_versions(),
@@ -146,4 +151,20 @@ def write_run_h5ad(result: RunResult, path: str | Path) -> Path:
     """Write the slim h5ad atomically (a temporary name, then a rename)."""
     with atomic_path(path) as tmp:
         result.to_anndata().write_h5ad(tmp)
+    return Path(path)
+
+
+def extras_path(h5ad_path: str | Path) -> Path:
+    """Where the side outputs of the run written to `h5ad_path` go: `<stem>.extras.npz` beside it."""
+    path = Path(h5ad_path)
+    return path.with_name(f"{path.stem}.extras.npz")
+
+
+def write_extras(result: RunResult, path: str | Path) -> Optional[Path]:
+    """The run's side outputs as one uncompressed npz (no pickled objects), atomically; None without any."""
+    if not result.extras:
+        return None
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **result.extras)
     return Path(path)

@@ -19,13 +19,15 @@ import numpy as np
 @dataclass
 class RunOutput:
     """What one run computed: an embedding `emb_nd` (cells x dims) or a prediction `pred_ng` (cells x
-    genes, with `genes_g` naming its columns), per-cell outputs for obs, the batch size actually used,
-    notes for the user and facts for the run record."""
+    genes, with `genes_g` naming its columns), per-cell outputs for obs, named side outputs (`extras`:
+    arrays that are not one row per cell, e.g. contextual gene embeddings; they go to a file beside the
+    h5ad, never into it), the batch size actually used, notes for the user and facts for the run record."""
 
     emb_nd: Optional[np.ndarray] = None
     pred_ng: Optional[np.ndarray] = None
     genes_g: Optional[np.ndarray] = None
     obs: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
     batch_size: Optional[int] = None
     notes: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +38,9 @@ class RunOutput:
         if self.pred_ng is not None and (self.genes_g is None or len(self.genes_g) != self.pred_ng.shape[1]):
             raise ValueError("a prediction needs genes_g naming each of its columns")
         n_cells = len(self.emb_nd if self.emb_nd is not None else self.pred_ng)
+        for name, values in self.extras.items():
+            if np.asarray(values).dtype == object:
+                raise ValueError(f"side output {name!r} must be a numeric or string array, not objects")
         for name, values in self.obs.items():
             if len(values) != n_cells:
                 raise ValueError(f"per-cell output {name!r} has {len(values)} values for {n_cells} cells")

@@ -345,3 +345,131 @@ def mean_effect_baseline(x_ng: np.ndarray, conditions_n: Sequence[str], control_
         return None
     effect_g = np.mean([x_ng[conditions_n == c].mean(0) - control_g for c in others], axis=0)
     return np.tile(control_g + effect_g, (n_cells, 1))
+
+
+# -- one prediction against the dataset it was made from ----------------------------------------------
+
+
+PREDICTED_ROW = "predicted:{}"
+CONTROL_ROW = "control:{}"
+PREDICTORS = ("model", "no change", "mean perturbation effect")
+
+
+@dataclass
+class PredictionEvaluation:
+    """A prediction of one condition read against the dataset: per gene the control mean, the predicted
+    mean and (when the dataset holds cells of the condition) the observed mean; the 0.10 metrics and the
+    0.15 Spearman of the model and of both baselines (`metrics`: one row per metric, one column per
+    predictor; empty without observed cells)."""
+
+    condition: str
+    effect: PredictedEffect
+    observed_mean_g: Optional[np.ndarray]
+    metrics: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def observed_change_g(self) -> Optional[np.ndarray]:
+        return None if self.observed_mean_g is None else self.observed_mean_g - self.effect.control_mean_g
+
+    def change_correlation(self) -> float:
+        """Pearson correlation of the predicted and observed change over all predicted genes."""
+        return float("nan") if self.observed_mean_g is None else pearson(self.effect.change_g, self.observed_change_g)
+
+
+def evaluate_prediction(pred_ng, pred_genes_g: Sequence[str], control_cells_n: Sequence[str], x_ng,
+                        genes_g: Sequence[str], obs: pd.DataFrame, uns: Mapping, *, condition: str,
+                        condition_key: str = "condition", control_name: str = "ctrl",
+                        var_names: Optional[Sequence[str]] = None) -> PredictionEvaluation:
+    """Score a prediction made from sampled control cells (rows of `pred_ng` predicted from the cells
+    named `control_cells_n`, in the same order) against the dataset's counts `x_ng` over `genes_g`.
+
+    Expression is log-normalised over each cell's total counts, then read on the predicted genes. The
+    0.10 metrics compare the predicted mean with the observed cells of `condition`; the 0.15 Spearman
+    scores each predicted row against the control cell it was predicted from (the matched pair), on
+    `condition`'s target genes drawn from the dataset's DE table as the task draws them. `var_names`
+    (the dataset's own gene names, in `genes_g`'s order) lets a DE table in `uns` that uses them be read.
+    """
+    pred_ng = np.asarray(pred_ng, dtype=np.float64)
+    pred_genes_g = np.asarray(pred_genes_g, dtype=str)
+    col_of = {g: i for i, g in enumerate(np.asarray(genes_g, dtype=str))}
+    missing = [g for g in pred_genes_g if g not in col_of]
+    if missing:
+        raise InputError(f"{len(missing):,} predicted genes are not in the dataset ({', '.join(missing[:5])}); "
+                         "score a prediction against the dataset it was made from")
+    row_of = {name: i for i, name in enumerate(obs.index.astype(str))}
+    unknown_cells = sorted({c for c in map(str, control_cells_n) if c not in row_of})
+    if unknown_cells:
+        raise InputError(f"the prediction names control cells the dataset lacks ({', '.join(unknown_cells[:3])})")
+    conditions_n = rows_conditions(obs, condition_key, control_name)
+    x_log_ng = _log_normalize_columns(x_ng, np.array([col_of[g] for g in pred_genes_g]))
+    control_ng = x_log_ng[conditions_n == control_name]
+    effect = predicted_effect(pred_ng, control_ng, pred_genes_g)
+    truth_ng = x_log_ng[conditions_n == condition]
+    if not len(truth_ng):
+        note = f"the dataset has no cells with {condition_key} == {condition!r}: nothing observed to score against"
+        return PredictionEvaluation(condition, effect, None, pd.DataFrame(), [note])
+    n = len(pred_ng)
+    predictions = {"model": pred_ng, "no change": no_change_baseline(control_ng, n),
+                   "mean perturbation effect": mean_effect_baseline(x_log_ng, conditions_n, control_name, condition, n)}
+    notes = []
+    if predictions["mean perturbation effect"] is None:
+        notes.append("the dataset has no other perturbed condition: no mean-perturbation-effect baseline")
+        del predictions["mean perturbation effect"]
+    columns = {name: {(m.metric_type, m.params["subset"]): m.value
+                      for m in single_perturbation_metrics(p, truth_ng, control_ng, pred_genes_g)}
+               for name, p in predictions.items()}
+    spearman_rows, spearman_notes = _matched_spearman(predictions, x_log_ng, row_of, control_cells_n, pred_genes_g,
+                                                      conditions_n, genes_g, var_names, obs, uns, condition,
+                                                      condition_key, control_name)
+    notes += spearman_notes
+    for name, value in spearman_rows.items():
+        columns[name][(SPEARMAN, "targets")] = value
+    metrics = pd.DataFrame(columns)
+    metrics.index = pd.MultiIndex.from_tuples(metrics.index, names=["metric", "genes"])
+    return PredictionEvaluation(condition, effect, truth_ng.mean(0), metrics.reset_index(), notes)
+
+
+def _log_normalize_columns(x_ng, cols: np.ndarray) -> np.ndarray:
+    """`log_normalize(x_ng)[:, cols]` without densifying the other columns."""
+    x_ng = x_ng.tocsr() if sp.issparse(x_ng) else np.asarray(x_ng)
+    totals_n1 = np.asarray(x_ng.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+    part = x_ng[:, cols]
+    part = np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float64)
+    scale_n1 = np.divide(TARGET_SUM, totals_n1, out=np.zeros_like(totals_n1), where=totals_n1 > 0)
+    return np.log1p(part * scale_n1)
+
+
+def _matched_spearman(predictions: dict, x_log_ng: np.ndarray, row_of: dict, control_cells_n, pred_genes_g,
+                      conditions_n, genes_g, var_names, obs, uns, condition, condition_key, control_name
+                      ) -> tuple[dict[str, float], list[str]]:
+    """The 0.15 score of `condition` for each predictor: predicted row i against control cell i."""
+    uns = dict(uns)
+    if DE_TABLE_KEY in uns and var_names is not None:
+        renamed = dict(zip(np.asarray(var_names, dtype=str), np.asarray(genes_g, dtype=str)))
+        de = pd.DataFrame(uns[DE_TABLE_KEY])
+        gene_column = "gene_id" if "gene_id" in de else "gene"
+        if gene_column in de:
+            de[gene_column] = [renamed.get(str(g), str(g)) for g in de[gene_column]]
+            uns[DE_TABLE_KEY] = de
+    try:
+        inputs = expression_task_inputs(x_log_ng, pred_genes_g, obs, uns, condition_key=condition_key,
+                                        control_name=control_name, x_is_counts=False)
+    except InputError as exc:
+        return {}, [f"no 0.15 Spearman: {exc}"]
+    de = inputs.de_results
+    inputs.de_results = de[de[condition_key].astype(str) == condition]
+    control_rows = np.array([row_of[str(c)] for c in control_cells_n])
+    n = len(control_rows)
+    cell_index = [PREDICTED_ROW.format(i) for i in range(n)] + [CONTROL_ROW.format(i) for i in range(n)]
+    inputs.control_map = {condition: {PREDICTED_ROW.format(i): CONTROL_ROW.format(i) for i in range(n)}}
+    scores, notes = {}, list(inputs.notes)
+    for name, pred_ng in predictions.items():
+        rows_ng = np.vstack([pred_ng, x_log_ng[control_rows]])
+        found, skipped = score_expression_prediction(rows_ng, cell_index, pred_genes_g, inputs)
+        found = [s for s in found if s.condition == condition]
+        if found:
+            scores[name] = found[0].spearman
+        elif condition in skipped and name == "model":
+            notes.append(f"no 0.15 Spearman for {condition}: {skipped[condition]}")
+    return scores, notes

@@ -28,7 +28,7 @@ from czb_core.schema.report import Severity
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.geneformer.dictionaries import DictionaryFiles, GeneDictionaries, load_dictionaries
-from model_runners.geneformer.perturbation import gene_list, resolve_perturbation, token_map
+from model_runners.geneformer.perturbation import resolve_perturbation, token_map
 from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizedCells, TokenizerSpec
 
 SHIFT_COLUMN = "perturbation_shift"
@@ -94,9 +94,9 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
         Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU", label="Precision",
               choices=("auto", "fp32", "bf16")),
         Param("feature_deletion", "list", (), "genes deleted before ranking (in-silico perturbation), "
-              "comma-separated ids or symbols", label="Delete genes", parse=gene_list),
+              "comma-separated ids or symbols", label="Delete genes"),
         Param("feature_activation", "list", (), "genes moved to the top ranks, in order, comma-separated",
-              label="Activate genes", parse=gene_list),
+              label="Activate genes"),
         Param("feature_map", "mapping", {}, "GENE=TOKEN pairs, comma-separated; TOKEN an id or a name such as "
               "<mask>", label="Map genes to tokens", parse=token_map),
         Param("dictionaries", "str", "", "URI of the gene dictionaries (default: the variant's)",

@@ -17,16 +17,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from czb_core.errors import ConfigError
+from czb_core.models.params import parse_list
 from model_runners.geneformer.dictionaries import GeneDictionaries
 from model_runners.geneformer.tokenizer import Perturbation
-
-
-def gene_list(value: Any) -> tuple[str, ...]:
-    """`"A, B"` or `["A", "B"]` -> `("A", "B")`; empty entries dropped."""
-    if value is None:
-        return ()
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def token_map(value: Any) -> dict[str, str]:
@@ -37,7 +30,7 @@ def token_map(value: Any) -> dict[str, str]:
         pairs = [(str(k), str(v)) for k, v in value.items()]
     else:
         pairs = []
-        for item in gene_list(value):
+        for item in parse_list(value):
             gene, sep, token = item.partition("=")
             if not sep or not gene.strip() or not token.strip():
                 raise ValueError(f"feature_map expects GENE=TOKEN pairs, got {item!r}")
@@ -56,7 +49,7 @@ def resolve_perturbation(
     Every gene must be in the model's vocabulary and appear in one role only among deletion and
     activation: an unknown name or a contradiction is a `ConfigError` listing all offenders.
     """
-    deleted, activated, mapped = gene_list(deletion), gene_list(activation), token_map(mapping)
+    deleted, activated, mapped = parse_list(deletion), parse_list(activation), token_map(mapping)
     if not (deleted or activated or mapped):
         return None
     names = list(dict.fromkeys(deleted + activated + tuple(mapped)))

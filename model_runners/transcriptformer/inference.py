@@ -125,9 +125,9 @@ class CellEncoder:
 
     def run(self, cells: TokenizedCells, clip_counts: float, batch_size: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
-            gene_outputs: Optional[list] = None, step: str = "embed") -> CellOutputs:
-        """Embeddings and NLLs of `cells`. With `gene_outputs` (a list), each batch's rows, widths and
-        gene outputs are appended to it (contextual gene embeddings)."""
+            gene_outputs: Optional["GeneOutputs"] = None, step: str = "embed") -> CellOutputs:
+        """Embeddings and NLLs of `cells`. With `gene_outputs`, each batch's gene outputs are handed to it
+        as they come (a batch's full outputs are cells x width x dims: too big to keep for a dataset)."""
         import torch
 
         n_cells = len(cells)
@@ -151,7 +151,7 @@ class CellEncoder:
             emb_nd[rows] = out.emb_bd.cpu().numpy()
             nll_n[rows] = out.nll_b.cpu().numpy()
             if gene_outputs is not None:
-                gene_outputs.append((rows, out.gene_out_bwd.cpu().numpy()))
+                gene_outputs.add(rows, tokens_bw, out.gene_out_bwd.float().cpu().numpy())
             progress(step, min(start + batch_size, n_cells), n_cells)
         return CellOutputs(emb_nd, nll_n)
 
@@ -180,24 +180,39 @@ def autocast_dtype(precision: str, device_type: str):
     return None
 
 
+class GeneOutputs:
+    """Collects contextual gene embeddings batch by batch: the output at the position whose target is a
+    wanted gene (the authors' `cge` output), for `genes_wanted` mapping token -> gene id."""
+
+    def __init__(self, genes_wanted: dict[int, str], embed_dim: int):
+        self.genes_wanted = genes_wanted
+        self.embed_dim = embed_dim
+        self._tokens = np.fromiter(genes_wanted, dtype=np.int64)
+        self._cells: list[np.ndarray] = []
+        self._genes: list[str] = []
+        self._embs: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray, tokens_bw: np.ndarray, gene_out_bwd: np.ndarray) -> None:
+        b_idx, w_idx = np.nonzero(np.isin(tokens_bw, self._tokens))
+        self._cells.append(rows[b_idx])
+        self._genes.extend(self.genes_wanted[int(t)] for t in tokens_bw[b_idx, w_idx])
+        self._embs.append(gene_out_bwd[b_idx, w_idx].astype(np.float32))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cell index `cell_k`, gene id `gene_k`, `emb_kd`), ordered by cell then gene id."""
+        if not self._cells:
+            return np.zeros(0, np.int64), np.zeros(0, dtype=str), np.zeros((0, self.embed_dim), np.float32)
+        cell_k = np.concatenate(self._cells)
+        gene_k = np.asarray(self._genes, dtype=str)
+        order = np.lexsort((gene_k, cell_k))
+        return cell_k[order], gene_k[order], np.concatenate(self._embs)[order]
+
+
 def contextual_gene_embeddings(encoder: CellEncoder, cells: TokenizedCells, genes_wanted: dict[int, str],
                                clip_counts: float, batch_size: Optional[int] = None
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell index, gene id, `emb_kd`) of every wanted gene each cell expresses within its first `seq_len`
-    genes: the output at the position whose target is that gene (the authors' `cge` output), for
-    `genes_wanted` mapping token -> gene id."""
-    batches: list = []
-    encoder.run(cells, clip_counts, batch_size, gene_outputs=batches, step="contextual gene embeddings")
-    wanted_tokens = np.fromiter(genes_wanted, dtype=np.int64)
-    cell_k, gene_k, emb_k = [], [], []
-    for rows, gene_out_bwd in batches:
-        tokens_bw, _ = cells.padded(rows, gene_out_bwd.shape[1], encoder.spec.pad_id)
-        b_idx, w_idx = np.nonzero(np.isin(tokens_bw, wanted_tokens))
-        cell_k.append(rows[b_idx])
-        gene_k.extend(genes_wanted[int(t)] for t in tokens_bw[b_idx, w_idx])
-        emb_k.append(gene_out_bwd[b_idx, w_idx])
-    if not cell_k:
-        return np.zeros(0, np.int64), np.zeros(0, dtype=object), np.zeros((0, encoder.spec.embed_dim), np.float32)
-    cell_k = np.concatenate(cell_k)
-    order = np.lexsort((np.asarray(gene_k, dtype=object).astype(str), cell_k))
-    return cell_k[order], np.asarray(gene_k, dtype=object)[order], np.concatenate(emb_k)[order]
+    genes (see `GeneOutputs`)."""
+    collected = GeneOutputs(genes_wanted, encoder.spec.embed_dim)
+    encoder.run(cells, clip_counts, batch_size, gene_outputs=collected, step="contextual gene embeddings")
+    return collected.result()

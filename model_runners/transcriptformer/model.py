@@ -138,6 +138,10 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
               choices=("auto", "flex", "eager")),
         Param("clip_counts", "float", 30.0, "counts above this are clipped (the authors' inference default)",
               label="Clip counts", minimum=1.0),
+        Param("gene_embeddings", "list", (), "Ensembl ids, comma-separated: the contextual embedding of each of these "
+              "genes in every cell that expresses it, saved beside the h5ad as `gene_embeddings` (each cell-gene "
+              "pair takes embed_dim x 4 bytes: 8 KiB for TF-Sapiens; the run states the total before it starts)",
+              label="Contextual gene embeddings for"),
     )
     default_batch_size = None  # from the free GPU memory; 4 on the CPU (see CellEncoder.auto_batch_size)
 
@@ -158,11 +162,34 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
                         checkpoint.sizes.seq_len, self.args.clip_counts)
 
     def embed(self, inputs: TokenizedCells, batch_size, progress, cancel) -> RunOutput:
+        from model_runners.transcriptformer.inference import GeneOutputs
+
         encoder = self.model.encoder
         self.batch_size_used = batch_size or encoder.auto_batch_size()
-        out = encoder.run(inputs, self.args.clip_counts, self.batch_size_used, progress, cancel)
+        genes_wanted = self._genes_wanted()
+        collected = GeneOutputs(genes_wanted, encoder.spec.embed_dim) if genes_wanted else None
+        notes: list[str] = []
+        if collected is not None:
+            pairs = int(np.isin(inputs.tokens_t, list(genes_wanted)).sum())
+            notes.append(f"contextual gene embeddings: {pairs:,} cell-gene pairs x {encoder.spec.embed_dim} dims = "
+                         f"{pairs * encoder.spec.embed_dim * 4 / 2**20:,.1f} MiB, saved beside the h5ad")
+            progress(notes[-1], 0, None)
+        out = encoder.run(inputs, self.args.clip_counts, self.batch_size_used, progress, cancel, gene_outputs=collected)
+        extras = {}
+        if collected is not None:
+            extras = dict(zip(("gene_embeddings_cell", "gene_embeddings_gene", "gene_embeddings"), collected.result()))
         facts = {"attention": encoder.attention,
                  "precision": "fp32" if encoder.autocast_dtype is None else "bf16 autocast",
                  "genes per cell": f"median {int(np.median(inputs.lengths)) if len(inputs) else 0:,} "
                                    f"(at most {self.model.checkpoint.sizes.seq_len:,} read)"}
-        return RunOutput(emb_nd=out.emb_nd, obs={LLH_COLUMN: out.nll_n}, facts=facts)
+        return RunOutput(emb_nd=out.emb_nd, obs={LLH_COLUMN: out.nll_n}, extras=extras, notes=notes, facts=facts)
+
+    def _genes_wanted(self) -> dict[int, str]:
+        """token -> Ensembl id of the genes asked for; ids the checkpoint does not know are an error."""
+        wanted = [str(g).split(".")[0] for g in self.args.gene_embeddings]
+        token_ids = self.model.checkpoint.token_ids
+        unknown = [g for g in wanted if g not in token_ids]
+        if unknown:
+            raise ConfigError(f"gene_embeddings: {len(unknown)} gene(s) are not in the {self.variant} vocabulary "
+                              f"({', '.join(unknown[:5])}); give Ensembl gene ids the model knows")
+        return {int(token_ids[g]): g for g in wanted}

@@ -8,6 +8,8 @@ sampled, normalised control cells.
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 
 import anndata as ad
@@ -157,6 +159,22 @@ def test_czb_perturb_predict_writes_the_prediction_and_the_job_layer_points_ther
     assert result.n_obs == 6 and CONTROL_CELL_COLUMN in result.obs and result.n_vars > 0
     record = result.uns["czb_run"]
     assert record["params"]["perturbation"] == f"{symbols[3]}+ctrl" and list(record["prediction_shape"]) == [6, result.n_vars]
+    scores = tmp_path / "scores.json"
+    code = main(["benchmark", str(perturb_h5ad), "--task", "perturbation", "--prediction", str(out),
+                 "--condition", "X+ctrl", "--out", str(scores)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    document = json.loads(scores.read_text())
+    table = {(row["metric"], row["genes"]): row for row in document["metrics"]}
+    data = ad.read_h5ad(perturb_h5ad)
+    x_log = np.log1p(data.X.toarray() * (1e4 / data.X.toarray().sum(1, keepdims=True)))[:, [
+        list(data.var["feature_name"]).index(g) for g in result.var_names]]
+    truth_g = x_log[data.obs["condition"].to_numpy() == "X+ctrl"].mean(0)
+    control_g = x_log[data.obs["condition"].to_numpy() == "ctrl"].mean(0)
+    assert table[("mean_squared_error", "all")]["model"] == pytest.approx(np.mean((truth_g - result.X.mean(0)) ** 2))
+    assert table[("mean_squared_error", "all")]["no change"] == pytest.approx(np.mean((truth_g - control_g) ** 2))
+    assert "mean perturbation effect" not in table[("mean_squared_error", "all")]  # no other condition here
+    assert "no other perturbed condition" in printed.err
     manager = JobManager(Workspace(), start_workers=False)
     record = Workspace().add_file(perturb_h5ad)
     with pytest.raises(ConfigError, match="czb perturb-predict"):

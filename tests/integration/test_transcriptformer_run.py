@@ -179,6 +179,7 @@ class ReferenceModel:
             x = layer["n2"](x)
             x = layer["w2"](nn.functional.gelu(layer["w1"](x))) + x
         gene_out = x[1:]
+        self.last_gene_out = {t: gene_out[i].numpy() for i, t in enumerate(tokens) if t != pad}  # by target token
         mask = torch.tensor([t != pad for t in shifted], dtype=torch.float32)
         emb = (gene_out * mask[:, None]).mean(0)
         own = self.gene_mlp(self.table(torch.tensor(tokens)))
@@ -264,6 +265,34 @@ def test_czb_run_reads_raw_counts_and_ensembl_column(served, small_adata, write_
     assert result.obs[LLH_COLUMN].dtype == np.float32 and np.isfinite(result.obs[LLH_COLUMN]).all()
     expected_emb, _ = reference_outputs(served.root / "tf_tiny_sapiens", counts)
     np.testing.assert_allclose(result.obsm["X_transcriptformer"], expected_emb, atol=2e-5, rtol=0)
+
+
+def test_contextual_gene_embeddings_go_beside_the_h5ad_and_equal_the_reference(served, small_adata, write_h5ad,
+                                                                               tmp_path, capsys):
+    adata = varied_cells(small_adata, n_cells=10, seed=4)
+    wanted = list(adata.var_names[:2])
+    out = tmp_path / "tf.h5ad"
+    code = main(["run", str(write_h5ad(adata)), "--model", "transcriptformer", "--out", str(out),
+                 "--weights", served.url("tf_tiny_sapiens"), "--batch-size", "3",
+                 "--param", f"gene_embeddings={wanted[0]}.3,{wanted[1]}"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "contextual gene embeddings:" in captured.err and "MiB" in captured.err  # the size, before the run
+    with np.load(tmp_path / "tf.extras.npz", allow_pickle=False) as extras:
+        cell_k, gene_k, emb_kd = extras["gene_embeddings_cell"], extras["gene_embeddings_gene"], extras["gene_embeddings"]
+    assert "gene_embeddings" not in ad.read_h5ad(out).obsm  # not in the h5ad
+    model = ReferenceModel(served.root / "tf_tiny_sapiens")
+    x, genes, ids = adata.X.toarray(), list(adata.var_names), model.cfg.token_ids
+    expected = []
+    for i in range(adata.n_obs):
+        tokens, counts = reference_inputs(x[i], genes, ids, model.s.seq_len, 30.0)
+        model.cell(tokens, counts, ASSAYS.get(adata.obs["assay"].iloc[i], 0), 30.0)
+        expected += [(i, g, model.last_gene_out[ids[g]]) for g in sorted(wanted) if ids[g] in model.last_gene_out]
+    assert len(expected) > 3 and [(c, g) for c, g, _ in expected] == list(zip(cell_k.tolist(), gene_k.tolist()))
+    np.testing.assert_allclose(emb_kd, np.stack([e for _, _, e in expected]), atol=2e-5, rtol=0)
+    bad = main(["run", str(write_h5ad(adata)), "--model", "transcriptformer", "--out", str(tmp_path / "bad.h5ad"),
+                "--weights", served.url("tf_tiny_sapiens"), "--param", "gene_embeddings=ENSG00000999999"])
+    assert bad != 0 and "ENSG00000999999" in capsys.readouterr().err
 
 
 def test_validate_reports_assay_tokens_and_overlap_once_cached(config, small_adata, write_h5ad):

@@ -16,7 +16,8 @@ from model_runners.geneformer.dictionaries import GeneDictionaries, load_diction
 from tests.helpers.geneformer_files import (
     FILES, V1_SPECIALS, V2_SPECIALS, Exploit, as_lists, dictionary_contents, reference_tokens, write_dictionaries,
 )
-from model_runners.geneformer.perturbation import gene_list, resolve_perturbation, token_map
+from czb_core.models.params import parse_list
+from model_runners.geneformer.perturbation import resolve_perturbation, token_map
 from model_runners.geneformer.tokenizer import Perturbation, RankValueTokenizer, TokenizerSpec
 
 # ----------------------------------------------------------------------------- a hand-worked example
@@ -123,7 +124,7 @@ def test_perturbation_by_hand():
 
 def test_perturbation_params_parse_text_and_python_values():
     d = hand_dictionaries()
-    assert gene_list(" TP53, ,MYC ") == ("TP53", "MYC") and gene_list(["A"]) == ("A",)
+    assert parse_list(" TP53, ,MYC ") == ("TP53", "MYC") and parse_list(["A"]) == ("A",)
     assert token_map("GENEA=<mask>, ENSG00000000002=0") == {"GENEA": "<mask>", "ENSG00000000002": "0"}
     assert token_map({"GENEA": 1}) == {"GENEA": "1"}
     with pytest.raises(ValueError, match="GENE=TOKEN"):

@@ -128,3 +128,76 @@ def test_baselines_and_predicted_effect():
 def test_log_normalize_matches_the_definition():
     x = np.array([[1, 3, 0], [0, 0, 0]])
     np.testing.assert_allclose(log_normalize(x), [[np.log1p(2500), np.log1p(7500), 0], [0, 0, 0]], rtol=1e-6)
+
+
+def toy_screen(n_genes: int = 24, n_each: int = 20):
+    """Controls all alike (10 counts per gene); every A cell alike with counts from 1 to 2,000, every B cell
+    alike with the reverse: each group's mean is its cells' value, so changes are known exactly."""
+    from czb_core.tasks.perturbation import log_normalize as _  # noqa: F401  (same module under test)
+
+    a_g = np.geomspace(1, 2000, n_genes).round()
+    rows = [np.full(n_genes, 10.0)] * n_each + [a_g] * n_each + [a_g[::-1]] * n_each
+    obs = pd.DataFrame({"condition": ["ctrl"] * n_each + ["A+ctrl"] * n_each + ["B+ctrl"] * n_each},
+                       index=[f"c{i}" for i in range(3 * n_each)])
+    return np.array(rows), [f"g{i}" for i in range(n_genes)], obs
+
+
+def test_a_prediction_equal_to_the_observed_cells_scores_perfectly_and_beats_the_baselines():
+    from czb_core.tasks.perturbation import evaluate_prediction
+
+    x_ng, genes, obs = toy_screen()
+    truth_ng = log_normalize(x_ng)[obs["condition"].to_numpy() == "A+ctrl"]
+    controls = list(obs.index[:5])  # the sampled control cells the rows were predicted from
+    evaluation = evaluate_prediction(truth_ng[:5], genes, controls, x_ng, genes, obs, {}, condition="A+ctrl",
+                                     condition_key="condition", control_name="ctrl")
+    table = evaluation.metrics.set_index(["metric", "genes"])
+    assert list(table.columns) == ["model", "no change", "mean perturbation effect"]
+    assert table.loc[("mean_squared_error", "all"), "model"] == pytest.approx(0.0, abs=1e-12)
+    assert table.loc[("pearson_correlation", "all"), "model"] == pytest.approx(1.0)
+    assert table.loc[("spearman_correlation_calculation", "targets"), "model"] == pytest.approx(1.0)
+    assert table.loc[("spearman_correlation_calculation", "targets"), "no change"] == 0.0  # no change: constant
+    assert np.isnan(table.loc[("pearson_correlation", "all"), "no change"])
+    # B is the mirror of A: the mean effect of the other conditions points the wrong way
+    control_g, b_g = log_normalize(x_ng)[0], log_normalize(x_ng)[-1]
+    expected = np.corrcoef(b_g - control_g, truth_ng[0] - control_g)[0, 1]
+    assert expected < -0.5
+    assert table.loc[("pearson_correlation", "all"), "mean perturbation effect"] == pytest.approx(expected)
+    np.testing.assert_allclose(evaluation.effect.control_mean_g, control_g, rtol=1e-6)
+    np.testing.assert_allclose(evaluation.observed_change_g, truth_ng[0] - control_g, rtol=1e-5)
+    assert evaluation.change_correlation() == pytest.approx(1.0)
+    assert any("computed here" in note for note in evaluation.notes)
+
+
+def test_evaluation_reads_genes_by_name_and_refuses_what_it_cannot_read():
+    from czb_core.tasks.perturbation import evaluate_prediction
+
+    x_ng, genes, obs = toy_screen()
+    truth_ng = log_normalize(x_ng)[20:22]
+    order = np.arange(len(genes))[::-1]
+    reversed_eval = evaluate_prediction(truth_ng[:, order], [genes[i] for i in order], ["c0", "c1"], x_ng, genes,
+                                        obs, {}, condition="A+ctrl")
+    assert reversed_eval.metrics.set_index(["metric", "genes"]).loc[("pearson_correlation", "all"), "model"] == \
+        pytest.approx(1.0)
+    with pytest.raises(InputError, match="not in the dataset"):
+        evaluate_prediction(truth_ng, ["nope"] + genes[1:], ["c0", "c1"], x_ng, genes, obs, {}, condition="A+ctrl")
+    with pytest.raises(InputError, match="control cells the dataset lacks"):
+        evaluate_prediction(truth_ng, genes, ["c0", "zz"], x_ng, genes, obs, {}, condition="A+ctrl")
+    unseen = evaluate_prediction(truth_ng, genes, ["c0", "c1"], x_ng, genes, obs, {}, condition="C+ctrl")
+    assert unseen.metrics.empty and unseen.observed_mean_g is None and "no cells" in unseen.notes[0]
+
+
+def test_effect_figures_name_the_most_changed_genes_and_show_the_correlation():
+    from czb_core.tasks.perturbation import evaluate_prediction
+    from czb_core.viz.perturbation import effect_figure, observed_vs_predicted_figure
+
+    x_ng, genes, obs = toy_screen()
+    truth_ng = log_normalize(x_ng)[20:23]
+    evaluation = evaluate_prediction(truth_ng, genes, ["c0", "c1", "c2"], x_ng, genes, obs, {}, condition="A+ctrl")
+    volcano = effect_figure(evaluation, n_labels=2)
+    named = [t for t in volcano.data[0].text if t]
+    change_g = evaluation.effect.change_g
+    assert sorted(named) == sorted(genes[i] for i in [*np.argsort(change_g)[:2], *np.argsort(change_g)[-2:]])
+    scatter = observed_vs_predicted_figure(evaluation)
+    assert "r = 1.000" in scatter.layout.title.text
+    unseen = evaluate_prediction(truth_ng, genes, ["c0", "c1", "c2"], x_ng, genes, obs, {}, condition="Z")
+    assert observed_vs_predicted_figure(unseen) is None
