@@ -102,6 +102,7 @@ def _run_and_write(args, params: dict):
     result = embed_file(
         args.data, args.model, args.variant, organism=_organism(args.organism), params=params,
         weights=args.weights, device=args.device, progress=StderrProgress(),
+        stream=True if getattr(args, "stream", False) else None,
     )
     for problem in result.report.problems:
         print(f"[czb] {problem.severity.value}: {problem.message}", file=sys.stderr)
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
     p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
+    p.add_argument("--stream", action="store_true",
+                   help="read the matrix in row blocks, never whole (models that can; default: only when it does "
+                        "not fit in memory)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("perturb", help="in-silico perturbation: embed perturbed cells and their shift (Geneformer)")

@@ -41,6 +41,7 @@ class BaseModelImplementation(ABC):
 
     params: ClassVar[tuple[Param, ...]] = ()  # the model's own parameters (seed and batch_size are common)
     default_batch_size: ClassVar[Optional[int]] = 64  # None: chosen from free GPU memory by the runner
+    streams: ClassVar[bool] = False  # True: `embed_blocks` reads a dataset larger than memory in row blocks
 
     def __init__(
         self,
@@ -192,6 +193,11 @@ class BaseModelImplementation(ABC):
               cancel: CancelToken) -> RunOutput:
         """The embedding (or prediction) of prepared inputs; sets `batch_size_used` before its first batch."""
 
+    def embed_blocks(self, blocks: Any, progress: ProgressCallback, cancel: CancelToken) -> RunOutput:
+        """The embedding of a dataset read block by block from `blocks` (`czb_core.streaming.RowBlocks`),
+        for runners with `streams = True`."""
+        raise NotImplementedError(f"{self.display_name} does not stream")
+
     # -- the flow ----------------------------------------------------------------------------------
 
     def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
@@ -235,9 +241,11 @@ class BaseModelImplementation(ABC):
         progress: ProgressCallback = no_progress,
         cancel: Optional[CancelToken] = None,
         read_data: Optional[Callable[[], ad.AnnData]] = None,
+        open_blocks: Optional[Callable[[], Any]] = None,
     ) -> RunOutput:
         """Validate, fetch weights, read the data, check with the weights, load, prepare, embed. `read_data`
-        loads the matrix once the checks pass (the data manager is already bound when it is None). Raises
+        loads the matrix once the checks pass (the data manager is already bound when it is None);
+        `open_blocks` instead streams it (`RowBlocks`) to `embed_blocks`, for a runner that can. Raises
         `DatasetValidationError`, `WeightsError`, `ConfigError`, `Cancelled` or `DeviceOutOfMemory`."""
         cancel = cancel or CancelToken()
         progress("validate", 0, 1)
@@ -247,6 +255,15 @@ class BaseModelImplementation(ABC):
         cancel.check()
         dirs = self.fetch_weights(progress, cancel)
         cancel.check()
+        if open_blocks is not None:
+            if not self.streams:
+                raise ConfigError(f"{self.display_name} cannot read a dataset in blocks yet; only the PCA baseline "
+                                  "streams. Run it on a subset of the cells, or on a machine with more memory")
+            self.load_model(resolve_device(device))
+            with open_blocks() as blocks:
+                output = self.embed_blocks(blocks, progress, cancel)
+            self.report.facts.update(output.facts)
+            return output
         if read_data is not None:
             progress("load", 0, 1)
             manager.bind(read_data())

@@ -9,6 +9,7 @@ runs make (`<name>.extras.npz`, e.g. contextual gene embeddings), which do not b
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from czb_core.config import get_settings
+from czb_core.errors import InputError
 from czb_core.io.atomic import atomic_path
 from czb_core.io.header import read_header
 from czb_core.io.reading import read_anndata
@@ -29,6 +32,8 @@ from czb_core.models.registry import get_model
 from czb_core.models.runner import RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.report import ValidationReport
+from czb_core.streaming.plan import IN_MEMORY, STREAMED, plan_reading
+from czb_core.streaming.row_blocks import RowBlocks, to_row_chunked
 from czb_core.types import Organism
 
 
@@ -78,9 +83,14 @@ def embed_file(
     cancel: Optional[CancelToken] = None,
     input_sha256: Optional[str] = None,
     weights_cache=None,
+    stream: Optional[bool] = None,
 ) -> RunResult:
     """Validate, fetch weights, embed. Raises `InputError`, `DatasetValidationError`, `WeightsError`,
-    `ConfigError`, `DeviceOutOfMemory` or `Cancelled` with a message meant for the user."""
+    `ConfigError`, `DeviceOutOfMemory` or `Cancelled` with a message meant for the user.
+
+    `stream`: True reads the matrix in row blocks (models that can), False reads it whole; None decides
+    from its size and the free memory (`czb_core.streaming.plan`). A matrix that does not fit in memory
+    is refused before it is read when the model cannot stream it."""
     config = get_model(model)
     implementation = config.load_implementation()(config, variant, weights_uri=weights,
                                                   weights_cache=weights_cache, **(params or {}))
@@ -91,8 +101,14 @@ def embed_file(
         header = read_header(data_path)
         progress("read header", 1, 1)
         manager = implementation.data_manager(header, organism)
-        output = implementation.execute(manager, device=device, progress=progress, cancel=cancel,
-                                        read_data=lambda: read_anndata(data_path))
+        reading = reading_mode(data_path, manager.matrix_location, implementation, stream)
+        if reading == STREAMED:
+            output = implementation.execute(manager, device=device, progress=progress, cancel=cancel,
+                                            open_blocks=lambda: open_row_blocks(data_path, manager.matrix_location,
+                                                                                progress))
+        else:
+            output = implementation.execute(manager, device=device, progress=progress, cancel=cancel,
+                                            read_data=lambda: read_anndata(data_path))
     report = implementation.report
     if input_sha256 is None:
         progress("hash input", 0, 1)
@@ -100,6 +116,7 @@ def embed_file(
         progress("hash input", 1, 1)
     record = run_record(implementation, output, report, header_path=header.path, sha256=input_sha256,
                         n_vars=header.n_vars, started=started, wall_s=time.perf_counter() - t0, peak=peak)
+    record["reading"] = reading
     record["genes"] = {"read from": manager.gene_source, "naming": manager.gene_system.value,
                        "species": manager.detection.describe(), "reference": manager.detection.reference}
     if output.pred_ng is not None:  # rows are the runner's (e.g. sampled control cells), not the input's
@@ -111,6 +128,39 @@ def embed_file(
         obs[column] = values
     return RunResult(model, implementation.variant, np.asarray(output.emb_nd), obs, record, report,
                      extras=output.extras)
+
+
+def reading_mode(data_path: str | Path, location: str, implementation, stream: Optional[bool]) -> str:
+    """IN_MEMORY or STREAMED for this file and model (see `embed_file`)."""
+    if stream:
+        return STREAMED
+    if Path(data_path).suffix == ".h5":  # 10x files are read whole (they are per-sample, not atlases)
+        return IN_MEMORY
+    plan = plan_reading(data_path, location)
+    if plan.fits:
+        return IN_MEMORY
+    if stream is None and implementation.streams:
+        return STREAMED
+    fix = ("run it streamed (czb run --stream)" if implementation.streams else
+           "run it on a subset of the cells, on a machine with more memory, or with the PCA baseline, which streams")
+    raise InputError(f"{Path(data_path).name} is too large to read into memory here ({plan.describe()}); {fix}")
+
+
+def open_row_blocks(data_path: str | Path, location: str, progress: ProgressCallback) -> RowBlocks:
+    """Row blocks of the matrix; a matrix stored by columns is first converted once into a row copy kept
+    in the workspace (keyed by the file's path, size and modification time)."""
+    blocks = RowBlocks(data_path, location)
+    if not blocks.needs_conversion:
+        return blocks
+    blocks.close()
+    stat = Path(data_path).stat()
+    key = hashlib.sha256(f"{Path(data_path).resolve()}:{location}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    converted = get_settings().workspace / "row_chunked" / f"{key.hexdigest()[:32]}.h5"
+    if not converted.exists():
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(converted) as tmp:
+            to_row_chunked(data_path, location, tmp, progress=progress)
+    return RowBlocks(converted, "X")
 
 
 def run_record(implementation, output: RunOutput, report: ValidationReport, *, header_path: str, sha256: str,

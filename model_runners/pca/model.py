@@ -29,12 +29,7 @@ def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None,
     Matches `sc.pp.normalize_total` + `sc.pp.log1p`; empty cells stay zero. Writes one float32 copy of
     the values, scaled in row chunks so no per-value temporary of the whole matrix is made.
     """
-    total_n = np.asarray(x_ng.sum(axis=1)).ravel()
-    if target_sum is None:
-        nonzero = total_n[total_n > 0]
-        target_sum = float(np.median(nonzero)) if nonzero.size else 1.0
-    scale_n = np.divide(target_sum, total_n, out=np.zeros_like(total_n, dtype=np.float64), where=total_n > 0)
-    scale_n = scale_n.astype(np.float32)
+    scale_n = scale_factors(np.asarray(x_ng.sum(axis=1)).ravel(), target_sum)
     indptr = x_ng.indptr
     data = x_ng.data.astype(np.float32, copy=True)
     for lo in range(0, x_ng.shape[0], chunk_rows):
@@ -44,21 +39,42 @@ def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None,
     return sp.csr_matrix((data, x_ng.indices, indptr), shape=x_ng.shape)
 
 
+def scale_factors(total_n: np.ndarray, target_sum: float | None = None) -> np.ndarray:
+    """Per-cell factors (float32) to `target_sum` counts, default the median total of non-empty cells;
+    0 for an empty cell."""
+    total_n = np.asarray(total_n, dtype=np.float64)
+    if target_sum is None:
+        nonzero = total_n[total_n > 0]
+        target_sum = float(np.median(nonzero)) if nonzero.size else 1.0
+    scale_n = np.divide(target_sum, total_n, out=np.zeros_like(total_n), where=total_n > 0)
+    return scale_n.astype(np.float32)
+
+
 def seurat_hvg_mask(xlog_ng: sp.csr_matrix, n_top_genes: int, n_bins: int = 20,
                     chunk_rows: int = 20_000) -> np.ndarray:
-    """Boolean mask of the `n_top_genes` most dispersed genes, as `sc.pp.highly_variable_genes(flavor="seurat")`.
-
-    Dispersion var/mean of expm1(log data), log-transformed, z-scored within 20 bins of log1p(mean);
-    a bin with a single gene gets z = 0 as in scanpy.
-    """
+    """Boolean mask of the `n_top_genes` most dispersed genes, as `sc.pp.highly_variable_genes(flavor="seurat")`,
+    from moments accumulated over row chunks."""
     n_cells, n_genes = xlog_ng.shape
     sum_g = np.zeros(n_genes)
     sumsq_g = np.zeros(n_genes)
     for lo in range(0, n_cells, chunk_rows):
-        block = xlog_ng[lo : lo + chunk_rows]
-        values = np.expm1(block.data, dtype=np.float64)
-        sum_g += np.bincount(block.indices, weights=values, minlength=n_genes)
-        sumsq_g += np.bincount(block.indices, weights=values * values, minlength=n_genes)
+        add_expm1_moments(xlog_ng[lo : lo + chunk_rows], sum_g, sumsq_g)
+    return seurat_hvg_from_moments(sum_g, sumsq_g, n_cells, n_top_genes, n_bins)
+
+
+def add_expm1_moments(xlog_ng: sp.csr_matrix, sum_g: np.ndarray, sumsq_g: np.ndarray) -> None:
+    """Add Σ expm1(x) and Σ expm1(x)² per gene of a block of log data (the Seurat flavour's statistics)."""
+    values = np.expm1(xlog_ng.data, dtype=np.float64)
+    sum_g += np.bincount(xlog_ng.indices, weights=values, minlength=len(sum_g))
+    sumsq_g += np.bincount(xlog_ng.indices, weights=values * values, minlength=len(sum_g))
+
+
+def seurat_hvg_from_moments(sum_g: np.ndarray, sumsq_g: np.ndarray, n_cells: int, n_top_genes: int,
+                            n_bins: int = 20) -> np.ndarray:
+    """The Seurat-flavour selection from per-gene sums: dispersion var/mean of expm1(log data),
+    log-transformed, z-scored within 20 bins of log1p(mean); a bin with a single gene gets z = 0 as in
+    scanpy. Sums make it the same whether the cells were in memory or streamed."""
+    n_genes = len(sum_g)
     mean_g = sum_g / n_cells
     var_g = (sumsq_g / n_cells - mean_g**2) * n_cells / (n_cells - 1)
     mean_g[mean_g == 0] = 1e-12
@@ -128,6 +144,7 @@ class PCABaseline(PCAValidator, BaseModelImplementation):
         Param("n_comps", "int", 50, "principal components (the embedding size)", label="Components", minimum=1),
     )
     default_batch_size = 20_000  # rows per block of the normalisation and HVG passes
+    streams = True
 
     def prepare(self, rows, manager: DataManager) -> sp.csr_matrix:
         return manager.counts(rows)
@@ -137,3 +154,12 @@ class PCABaseline(PCAValidator, BaseModelImplementation):
         emb_nc = pca_baseline(x_ng, self.args.n_top_genes, self.args.n_comps, self.args.seed, progress, cancel,
                               chunk_rows=batch_size)
         return RunOutput(emb_nd=emb_nc)
+
+    def embed_blocks(self, blocks, progress, cancel) -> RunOutput:
+        from czb_core.streaming.pca_baseline import stream_pca_baseline
+
+        emb_nc = stream_pca_baseline(blocks, self.args.n_top_genes, self.args.n_comps, self.args.seed,
+                                     progress=progress, cancel=cancel)
+        return RunOutput(emb_nd=np.asarray(emb_nc), batch_size=blocks.chunk_rows, facts={
+            "reading": f"streamed in blocks of {blocks.chunk_rows:,} cells; incremental PCA "
+                       f"({2 * emb_nc.shape[1]} factors kept between blocks), not the in-memory ARPACK solver"})
