@@ -120,6 +120,27 @@ class RowBlocks:
         self.close()
 
 
+@dataclass
+class MemoryBlocks:
+    """The RowBlocks interface over a matrix already in memory, so one streamed algorithm serves both."""
+
+    x_ng: sp.csr_matrix
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    @property
+    def n_cells(self) -> int:
+        return self.x_ng.shape[0]
+
+    @property
+    def n_genes(self) -> int:
+        return self.x_ng.shape[1]
+
+    def __iter__(self) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        for lo in range(0, self.n_cells, self.chunk_rows):
+            hi = min(lo + self.chunk_rows, self.n_cells)
+            yield lo, hi, self.x_ng[lo:hi]
+
+
 def to_row_chunked(path: str | Path, location: str, out_path: str | Path, *,
                    budget_nnz: int = CONVERT_BUDGET_NNZ, progress: ProgressCallback = no_progress) -> Path:
     """Write the CSC matrix at `location` as a CSR matrix at `X` of a new HDF5 file `out_path`.

@@ -57,5 +57,6 @@ def is_the_baseline(record: dict) -> bool:
     from czb_core.models.registry import get_model
 
     config = get_model(BASELINE_MODEL)
-    defaults = config.load_implementation()(config).parameters()
-    return record.get("model") == BASELINE_MODEL and record.get("params") == defaults
+    baseline = config.load_implementation()(config)  # the default variant (PCA, not its probabilistic ones)
+    return (record.get("model") == BASELINE_MODEL and record.get("variant", baseline.variant) == baseline.variant
+            and record.get("params") == baseline.parameters())

@@ -143,21 +143,44 @@ class PCABaseline(PCAValidator, BaseModelImplementation):
               minimum=2),
         Param("n_comps", "int", 50, "principal components (the embedding size)", label="Components", minimum=1),
     )
+    ppca_params = (
+        Param("n_epochs", "int", 20, "passes over the cells while training", label="Epochs", minimum=1),
+        Param("lr", "float", 0.05, "Adam learning rate (cosine-annealed to zero)", label="Learning rate", minimum=0.0),
+    )
+
+    @classmethod
+    def declare_params(cls, variant) -> tuple[Param, ...]:
+        return cls.params + (cls.ppca_params if variant.resources.get("flavour") else ())
     default_batch_size = 20_000  # rows per block of the normalisation and HVG passes
     streams = True
 
     def prepare(self, rows, manager: DataManager) -> sp.csr_matrix:
         return manager.counts(rows)
 
+    @property
+    def flavour(self):
+        """The probabilistic PCA objective of a ppca variant; None for PCA itself."""
+        return self.variant_config.resources.get("flavour")
+
     def embed(self, x_ng: sp.csr_matrix, batch_size, progress, cancel) -> RunOutput:
         self.batch_size_used = batch_size
+        if self.flavour:
+            from czb_core.streaming.row_blocks import MemoryBlocks
+
+            return self.embed_blocks(MemoryBlocks(sp.csr_matrix(x_ng), batch_size), progress, cancel)
         emb_nc = pca_baseline(x_ng, self.args.n_top_genes, self.args.n_comps, self.args.seed, progress, cancel,
                               chunk_rows=batch_size)
         return RunOutput(emb_nd=emb_nc)
 
     def embed_blocks(self, blocks, progress, cancel) -> RunOutput:
-        from czb_core.streaming.pca_baseline import stream_pca_baseline
+        from czb_core.streaming.pca_baseline import stream_pca_baseline, stream_ppca
 
+        if self.flavour:
+            emb_nc = stream_ppca(blocks, self.flavour, self.args.n_top_genes, self.args.n_comps, self.args.seed,
+                                 self.args.n_epochs, self.args.lr, progress=progress, cancel=cancel)
+            return RunOutput(emb_nd=np.asarray(emb_nc), batch_size=blocks.chunk_rows, facts={
+                "model": f"probabilistic PCA ({self.flavour}), {self.args.n_epochs} epochs of minibatches, "
+                         f"Adam lr {self.args.lr:g} cosine-annealed, seed {self.args.seed}"})
         emb_nc = stream_pca_baseline(blocks, self.args.n_top_genes, self.args.n_comps, self.args.seed,
                                      progress=progress, cancel=cancel)
         return RunOutput(emb_nd=np.asarray(emb_nc), batch_size=blocks.chunk_rows, facts={

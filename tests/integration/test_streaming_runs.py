@@ -78,3 +78,20 @@ def test_a_model_that_cannot_stream_says_so(cells):
     _, path = cells
     with pytest.raises(ConfigError, match="cannot read a dataset in blocks yet"):
         embed_file(path, "scvi", variant="fit", params={"max_epochs": 1}, stream=True)
+
+
+@pytest.mark.parametrize("variant", ["ppca", "ppca_linear_vae"])
+def test_ppca_variants_in_memory_equal_streamed_and_find_the_cell_types(cells, variant):
+    from czb_core.tasks import MetricOptions
+    from czb_core.tasks.baseline import is_the_baseline
+    from czb_core.tasks.scoring import score_embedding
+
+    adata, path = cells
+    params = {"n_top_genes": 300, "n_comps": 8, "n_epochs": 8, "lr": 0.1}
+    memory = embed_file(path, "pca", variant, params=params, stream=False)
+    streamed = embed_file(path, "pca", variant, params=params, stream=True)
+    np.testing.assert_allclose(streamed.emb_nd, memory.emb_nd, rtol=1e-5, atol=1e-5)  # one algorithm, one seed
+    assert "probabilistic PCA" in memory.record["facts"]["model"] and not is_the_baseline(memory.record)
+    table = score_embedding(memory.emb_nd, adata.obs, MetricOptions(label_key="cell_type", seed=42), None)["table"]
+    ari = next(row["model"] for row in table if row["metric"].startswith("adjusted_rand"))
+    assert ari > 0.5
