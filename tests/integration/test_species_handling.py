@@ -43,7 +43,7 @@ def test_upper_case_mouse_symbols_are_mouse_and_human_only_models_refuse_them(mo
                    for p in report.problems if "human Ensembl" in p.fix)
     verdicts = {v.model: v for v in compatibility_matrix(header)}
     assert verdicts["geneformer"].runnable == [] and verdicts["geneformer"].summary.startswith("0 of 5")
-    assert verdicts["pca"].runnable == ["default"]
+    assert verdicts["pca"].runnable == ["default", "ppca", "ppca_linear_vae"]
 
 
 def test_symbols_map_within_the_datasets_species_and_orthologs_only_when_asked(mouse_upper):
