@@ -56,3 +56,41 @@ def fit_logistic(model: StreamedLogisticRegression, minibatches: Iterable, n_epo
         if progress is not None:
             progress("train logistic regression", epoch + 1, n_epochs)
     return history
+
+
+class StreamedLogisticClassifier:
+    """The L1-prior logistic regression behind sklearn's `fit` / `predict`, for label transfer on more cells
+    than sklearn's full-batch solver handles: features scaled by their standard deviation (as the
+    in-memory pipeline's `StandardScaler(with_mean=False)`), then Adam over seeded, shuffled minibatches."""
+
+    def __init__(self, seed: int = 0, n_epochs: int = 5, batch_size: int = 4096, lr: float = 1e-2,
+                 prior_scale: float = 1.0, min_steps: int = 500):
+        self.seed, self.n_epochs, self.batch_size, self.lr, self.prior_scale = seed, n_epochs, batch_size, lr, prior_scale
+        self.min_steps = min_steps  # a small training set gets more passes, so Adam takes enough steps
+
+    def fit(self, x_nd: np.ndarray, labels_n: np.ndarray) -> "StreamedLogisticClassifier":
+        self.classes_, y_n = np.unique(np.asarray(labels_n), return_inverse=True)
+        x_nd = np.asarray(x_nd, dtype=np.float32)
+        scale_d = x_nd.std(0)
+        self.scale_d = np.where(scale_d > 0, scale_d, 1.0).astype(np.float32)
+        self.model = StreamedLogisticRegression(x_nd.shape[1], len(self.classes_), len(y_n), self.prior_scale,
+                                                init_scale=0.01, seed=self.seed)
+        order_n = np.random.default_rng(self.seed).permutation(len(y_n))
+        blocks = [order_n[i:i + self.batch_size] for i in range(0, len(order_n), self.batch_size)]
+        n_epochs = max(self.n_epochs, -(-self.min_steps // len(blocks)))
+        fit_logistic(self.model, _Minibatches(x_nd, y_n, blocks, self.scale_d), n_epochs, self.lr)
+        return self
+
+    def predict(self, x_nd: np.ndarray) -> np.ndarray:
+        return self.classes_[self.model.predict(np.asarray(x_nd, dtype=np.float32) / self.scale_d)]
+
+
+class _Minibatches:
+    """Scaled minibatches made as they are consumed, so the training set is never copied whole; re-iterable."""
+
+    def __init__(self, x_nd: np.ndarray, y_n: np.ndarray, blocks: list[np.ndarray], scale_d: np.ndarray):
+        self.x_nd, self.y_n, self.blocks, self.scale_d = x_nd, y_n, blocks, scale_d
+
+    def __iter__(self):
+        for rows in self.blocks:
+            yield self.x_nd[rows] / self.scale_d, self.y_n[rows]

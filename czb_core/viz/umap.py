@@ -9,6 +9,7 @@ page script.
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import numpy as np
 
@@ -17,20 +18,49 @@ from czb_core.errors import InputError
 MIN_PLOT_CLASS = 20  # a rare label keeps this many points, so it stays visible in a subsampled plot
 
 
-def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5) -> np.ndarray:
-    """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out: an error."""
+UMAP_FIT_MAX = 200_000  # above this many cells the layout is fitted on a seeded sample, the rest transformed
+TRANSFORM_ROWS = 100_000  # cells placed per transform call, so its neighbour search stays bounded
+
+
+def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5,
+                 fit_max: int = UMAP_FIT_MAX) -> np.ndarray:
+    """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out: an error.
+
+    Above `fit_max` cells (an atlas), the layout is fitted on `fit_max` cells drawn with `seed` and the
+    others are placed into it by umap-learn's `transform`, block by block: the fit's cost grows faster than
+    linearly with the cells, the transform's linearly (`umap_note` says so on the page)."""
     n_cells = emb_nd.shape[0]
     if n_cells < 3:
         raise InputError(f"a UMAP needs at least 3 cells; this run has {n_cells}")
-    import umap  # numba compilation on first import: keep it out of module import
+    from czb_core.viz.warmup import import_umap
 
+    umap = import_umap()  # numba compiles (or loads its disk cache) on first import: not at module import
+    emb_nd = np.asarray(emb_nd, dtype=np.float32)
+    fit_rows = np.arange(n_cells) if n_cells <= fit_max else np.sort(
+        np.random.default_rng(seed).choice(n_cells, fit_max, replace=False))
     reducer = umap.UMAP(
-        n_neighbors=min(n_neighbors, n_cells - 1), min_dist=min_dist, n_components=2, random_state=seed,
+        n_neighbors=min(n_neighbors, len(fit_rows) - 1), min_dist=min_dist, n_components=2, random_state=seed,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
-        umap_n2 = reducer.fit_transform(np.asarray(emb_nd, dtype=np.float32))
-    return np.asarray(umap_n2, dtype=np.float32)
+        fitted_n2 = reducer.fit_transform(emb_nd[fit_rows])
+        if len(fit_rows) == n_cells:
+            return np.asarray(fitted_n2, dtype=np.float32)
+        umap_n2 = np.empty((n_cells, 2), dtype=np.float32)
+        umap_n2[fit_rows] = fitted_n2
+        rest = np.setdiff1d(np.arange(n_cells), fit_rows, assume_unique=True)
+        for start in range(0, len(rest), TRANSFORM_ROWS):
+            rows = rest[start:start + TRANSFORM_ROWS]
+            umap_n2[rows] = reducer.transform(emb_nd[rows])
+    return umap_n2
+
+
+def umap_note(n_cells: int, fit_max: int = UMAP_FIT_MAX) -> Optional[str]:
+    """What the page says about a layout that was not fitted on every cell; None when it was."""
+    if n_cells <= fit_max:
+        return None
+    return (f"UMAP fitted on {fit_max:,} of {n_cells:,} cells (a seeded sample); the other {n_cells - fit_max:,} "
+            "were placed into that layout by umap-learn's transform")
 
 
 def stratified_subsample(labels_n, max_points: int = 200_000, seed: int = 0) -> np.ndarray:

@@ -59,3 +59,24 @@ def test_streamed_logistic_regression_matches_a_full_batch_fit_and_the_prior_shr
     assert ours >= exact - 0.02
     w = model.W_gc.detach().numpy()
     assert np.abs(w[10:]).mean() < 0.2 * np.abs(w[:10]).mean()  # the Laplace prior keeps the noise genes near 0
+
+
+def test_cross_split_switches_to_the_minibatch_logistic_regression_on_atlas_sized_training_sets(monkeypatch):
+    """Same predictions' quality from the minibatch classifier as from sklearn's on separable groups; the
+    switch happens above the threshold only and is named in the lr rows."""
+    import pandas as pd
+
+    from czb_core.tasks import cross_split
+
+    rng = np.random.default_rng(0)
+    labels_n = np.repeat(["a", "b", "c"], 400)
+    emb_nd = rng.normal(size=(1200, 6)).astype(np.float32) + 4.0 * np.eye(6)[np.repeat([0, 1, 2], 400)]
+    split_n = pd.Series(np.where(rng.random(1200) < 0.7, "train", "test"))
+    exact = cross_split.cross_split_transfer(emb_nd, pd.Series(labels_n), split_n, "train", "test", seed=0)
+    monkeypatch.setattr(cross_split, "STREAMED_LR_MIN_CELLS", 100)
+    streamed = cross_split.cross_split_transfer(emb_nd, pd.Series(labels_n), split_n, "train", "test", seed=0)
+    lr = {m.metric_type: m for m in streamed.metrics if m.params["classifier"] == "lr"}
+    exact_lr = {m.metric_type: m.value for m in exact.metrics if m.params["classifier"] == "lr"}
+    assert lr["accuracy"].params["solver"] == "minibatch L1-prior" and "solver" not in {
+        k for m in exact.metrics for k in m.params}
+    assert lr["accuracy"].value > 0.97 and abs(lr["accuracy"].value - exact_lr["accuracy"]) < 0.02
