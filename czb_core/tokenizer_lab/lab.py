@@ -87,18 +87,29 @@ def _part_rows(values: pd.Series, wanted: tuple[str, ...], part: str, split_key:
     return np.flatnonzero(values.isin(wanted).to_numpy())
 
 
+def split_problems(split: LabSplit) -> list[str]:
+    """What makes a split unusable before any cell is read: a part without values (nothing to train on,
+    stop on or score), or a value in two parts (the same cells would be trained on and scored)."""
+    problems = [f"choose at least one {split.split_key!r} value for {part}" for part in SPLITS
+                if not getattr(split, part)]
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sorted(set(getattr(split, a)) & set(getattr(split, b)))
+        if shared:
+            problems.append(f"{a} and {b} share split values {shared}")
+    return problems
+
+
 def prepare_lab_data(adata, split: LabSplit, organism=None) -> LabData:
     """Check the columns and parts, keep the cells of the three parts, normalise, code the labels."""
     obs = adata.obs
     for key in (split.label_key, split.split_key):
         if key not in obs:
             raise InputError(f"obs has no column {key!r}; columns: {', '.join(map(str, obs.columns))}")
+    problems = split_problems(split)
+    if problems:
+        raise InputError("; ".join(problems))
     values = obs[split.split_key].astype(str)
     parts = {p: _part_rows(values, getattr(split, p), p, split.split_key) for p in SPLITS}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        if set(getattr(split, a)) & set(getattr(split, b)):
-            shared = sorted(set(getattr(split, a)) & set(getattr(split, b)))
-            raise InputError(f"{a} and {b} share split values {shared}")
     keep = np.concatenate([parts[p] for p in SPLITS])
     labels = obs[split.label_key].iloc[keep]
     if labels.isna().any():
@@ -224,13 +235,15 @@ def run_lab(data: LabData, tokenizers: Sequence[TokenizerSpec], seeds: Sequence[
             run = train_run(lambda: setup.build_model(len(data.classes), config), setup.maker, data.labels_n,
                             len(data.classes), data.splits, config, int(seed), spec.name, progress, cancel, device)
             if heads_dir is not None:
-                _save_model(run, spec, data.classes, config, Path(heads_dir))
+                save_model(run, spec, data.classes, config, Path(heads_dir))
             runs.append(run)
     return LabResult(runs, data.classes, list(data.warnings))
 
 
-def _save_model(run: RunResult, spec: TokenizerSpec, classes: tuple[str, ...], config: TrainConfig,
-                folder: Path) -> Path:
+def save_model(run: RunResult, spec: TokenizerSpec, classes: tuple[str, ...], config: TrainConfig,
+               folder: Path) -> Path:
+    """`<tokenizer>_seed<seed>.pt` in `folder`: the best epoch's weights with what is needed to use them
+    (classes, tokenizer, shape); tensors and plain values only, so it loads with `weights_only=True`."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)

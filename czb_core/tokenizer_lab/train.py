@@ -3,7 +3,9 @@
 Recipe (the reference's defaults): AdamW (lr 2e-3, weight decay 0.1, betas 0.9/0.95), linear warm-up
 over the first 10% of steps then cosine decay to zero, batches of 32, gradient norm clipped at 1.0, up
 to 50 epochs with early stopping after 5 epochs without a better validation MCC; the test split is
-scored with the weights of the best validation epoch. The cancel token is checked between batches.
+scored with the weights of the best validation epoch. The cancel token is checked between batches;
+`on_epoch` receives each epoch's point of the learning curve as it is made (a job shows the validation
+MCC while it trains).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -112,7 +114,7 @@ def predict(model: TokenizedClassifier, maker: SentenceMaker, rows: np.ndarray, 
 def train_run(build_model, maker: SentenceMaker, labels_n: np.ndarray, n_classes: int,
               splits: dict[str, np.ndarray], config: TrainConfig, seed: int, name: str = "run",
               progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
-              device: str = "cpu") -> RunResult:
+              device: str = "cpu", on_epoch: Optional[Callable[[dict], None]] = None) -> RunResult:
     """Train `build_model()` (called after seeding) on splits['train'], early-stop on splits['val'],
     score splits['test']. `labels_n` holds class codes for every row of the maker's matrix."""
     t0 = time.perf_counter()
@@ -151,6 +153,8 @@ def train_run(build_model, maker: SentenceMaker, labels_n: np.ndarray, n_classes
         val_mcc = mcc_from_confusion(counts_cc)
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                       "val_accuracy": float(np.trace(counts_cc) / max(1, counts_cc.sum())), "val_mcc": val_mcc})
+        if on_epoch is not None:
+            on_epoch(curve[-1])
         progress(f"{step}: val MCC {val_mcc:.3f}", epoch, config.epochs)
         if val_mcc > best[0]:
             best = (val_mcc, epoch, copy.deepcopy(model.state_dict()))
