@@ -4,7 +4,7 @@ FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 CZB_HOME=/data/czb PIP_NO_CACHE_DIR=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common make \
+ && apt-get install -y --no-install-recommends software-properties-common make tini \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -20,6 +20,12 @@ RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && touch /app
  && /app/.venv/bin/czb demo --out data/demo.h5ad
 
 VOLUME /data
+# The same production start as on a bare server (`make serve`): headless, no tracebacks for users, XSRF on.
+# Streamlit listens on all interfaces of the container; GET /health (workers, queue) stays on the
+# container's loopback at 8502 (ask it with `docker exec`). It answers from the first page visit on, so the
+# HEALTHCHECK asks Streamlit's own endpoint. tini -g passes `docker stop` on to Streamlit and its workers.
+ENV CZB_HOST=0.0.0.0 CZB_PORT=8501 CZB_HEALTH_PORT=8502
 EXPOSE 8501
 HEALTHCHECK CMD python3.11 -c "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health')"
-CMD ["/app/.venv/bin/streamlit", "run", "app.py", "--server.port", "8501", "--server.address", "0.0.0.0"]
+ENTRYPOINT ["tini", "-g", "--"]
+CMD ["make", "serve"]

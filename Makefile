@@ -7,7 +7,7 @@ PORT ?= 8501
 DEMO := data/demo.h5ad
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv browser demo bench bench-gpu clean
+.PHONY: run serve test venv browser demo bench bench-gpu clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	$(BIN)/czb warmup
 	touch $@
 
 $(DEMO): | venv
@@ -27,6 +28,16 @@ demo: $(DEMO)
 run: venv $(DEMO)
 	CZB_DEMO=$(DEMO) STREAMLIT_SERVER_MAX_UPLOAD_SIZE=$${CZB_MAX_UPLOAD_MB:-2048} \
 		$(BIN)/streamlit run app.py --server.port $(PORT)
+
+# Production: headless, no file watcher, no usage stats, no tracebacks for users (a request id instead),
+# XSRF on, upload cap from CZB_MAX_UPLOAD_MB, on CZB_HOST:CZB_PORT; GET /health on 127.0.0.1:CZB_HEALTH_PORT.
+serve: venv
+	CZB_HEALTH_PORT=$${CZB_HEALTH_PORT:-8502} $(BIN)/streamlit run app.py \
+		--server.address $${CZB_HOST:-0.0.0.0} --server.port $${CZB_PORT:-8501} \
+		--server.headless true --server.fileWatcherType none --browser.gatherUsageStats false \
+		--client.showErrorDetails none --client.toolbarMode minimal \
+		--server.enableXsrfProtection true --server.enableCORS true \
+		--server.maxUploadSize $${CZB_MAX_UPLOAD_MB:-2048}
 
 # Debian's Chromium for the end-to-end tests (Playwright's own browser download is not used).
 browser:

@@ -52,7 +52,7 @@ def report_steps(job) -> None:
 def measure_results_page(home: Path, dataset_sha: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e_app import CHROMIUM_ARGS, free_port, wait_healthy
+    from tests.helpers.browser import CHROMIUM_ARGS, free_port, wait_healthy
 
     port = free_port()
     env = {**os.environ, "CZB_HOME": str(home)}

@@ -22,7 +22,22 @@ EXIT_CODES = ((DatasetValidationError, 1), (InputError, 2), (ConfigError, 2), (W
 
 
 def _organism(value: Optional[str]) -> Optional[Organism]:
-    return Organism.parse(value) if value else None
+    try:
+        return Organism.parse(value) if value else None
+    except ValueError as exc:
+        raise ConfigError(f"--organism: {exc}") from None
+
+
+def _check_out(out: str) -> None:
+    """Refuse an output path that cannot be written before the run, not after it."""
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a directory; name the file to write, e.g. {path / 'out.h5ad'}")
+    if path.suffix.lower() != ".h5ad":
+        raise ConfigError(f"--out {out}: the output is an AnnData file; give it the suffix .h5ad")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
 
 
 def _params(pairs: Sequence[str]) -> dict[str, str]:
@@ -97,12 +112,13 @@ def _run_and_write(args, params: dict):
     from czb_core.models.pipeline import embed_file, extras_path, write_extras, write_run_h5ad
     from czb_core.progress import StderrProgress
 
+    _check_out(args.out)
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
     result = embed_file(
         args.data, args.model, args.variant, organism=_organism(args.organism), params=params,
         weights=args.weights, device=args.device, progress=StderrProgress(),
-        stream=True if getattr(args, "stream", False) else None,
+        stream=True if getattr(args, "stream", False) else None, ray_address=getattr(args, "ray", None),
     )
     for problem in result.report.problems:
         print(f"[czb] {problem.severity.value}: {problem.message}", file=sys.stderr)
@@ -226,30 +242,17 @@ def cmd_benchmark(args) -> int:
 def _benchmark_perturbation(args) -> int:
     """A scGenePT prediction against the dataset it was made from: the 0.10 metrics and the 0.15
     Spearman of the model and of the no-change and mean-effect baselines."""
-    from czb_core.io.header import read_header
-    from czb_core.io.reading import read_anndata
-    from czb_core.models.registry import get_model
-    from czb_core.tasks.perturbation import evaluate_prediction
+    from czb_core.models.prediction import evaluate_prediction_run
 
     if not args.prediction:
         raise ConfigError("--task perturbation needs --prediction (a `czb perturb-predict` output)")
     prediction = _read_any_h5ad(args.prediction)
-    record = prediction.uns.get("czb_run") or {}
-    if record.get("prediction_shape") is None or "control_cell" not in prediction.obs:
-        raise InputError(f"{args.prediction} is not a perturbation prediction (write one with `czb perturb-predict`)")
-    params = record.get("params") or {}
-    condition = args.condition or params.get("perturbation")
-    config = get_model(str(record.get("model")))
-    validator = config.load_implementation()(config)  # the data manager reads genes and counts alike for all variants
-    manager = validator.data_manager(read_header(args.data), _organism(args.organism))
-    adata = read_anndata(args.data)
-    manager.bind(adata)
-    evaluation = evaluate_prediction(
-        prediction.X, prediction.var_names, prediction.obs["control_cell"], manager.counts(), manager.genes_g,
-        adata.obs, adata.uns, condition=str(condition), condition_key=args.condition_key,
-        control_name=args.control_name, var_names=adata.var_names)
+    evaluation = evaluate_prediction_run(prediction, args.data, organism=_organism(args.organism),
+                                         condition=args.condition, condition_key=args.condition_key,
+                                         control_name=args.control_name)
     for note in evaluation.notes:
         print(f"[czb] note: {note}", file=sys.stderr)
+    record = prediction.uns["czb_run"]
     document = {"condition": evaluation.condition, "metrics": evaluation.metrics.to_dict(orient="records"),
                 "notes": evaluation.notes, "prediction": record.get("input", {}), "model": record.get("model"),
                 "variant": record.get("variant")}
@@ -282,6 +285,84 @@ def cmd_demo(args) -> int:
     path = write_demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_warmup(args) -> int:
+    from czb_core.viz.warmup import warm_up
+
+    print(f"UMAP code compiled and cached in {warm_up():.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_weights_list(args) -> int:
+    from czb_core.models.weights_admin import list_weights
+
+    entries = list_weights(look_up_sizes=not args.no_sizes)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return 0
+    for e in entries:
+        state = "cached" if e.cached else ("import only" if e.weights_from else "not cached")
+        print(f"{e.model:16s} {e.variant:36s} {e.role:13s} {state:11s} {e.size_text:>22s}  "
+              f"{(e.sha256 or '-')[:16]:16s}  {e.uri}")
+    return 0
+
+
+def cmd_weights_fetch(args) -> int:
+    from czb_core.models.weights_admin import fetch_weights
+    from czb_core.progress import StderrProgress
+
+    for role, folder in fetch_weights(args.model, args.variant, progress=StderrProgress()).items():
+        print(f"{role}: {folder}")
+    return 0
+
+
+def cmd_weights_import(args) -> int:
+    from czb_core.models.weights_admin import import_weights
+    from czb_core.progress import StderrProgress
+
+    # CZB_DATA_ROOTS limits what the web app may read on a user's behalf; a shell user reads the files anyway
+    entries = import_weights(args.model, args.variant, args.source, role=args.role, progress=StderrProgress(),
+                             allowed_roots=(Path("/"),))
+    for e in entries:
+        print(f"{e.model} / {e.variant} {e.role}: imported {e.n_files} files ({e.size_text}), sha256 {e.sha256}")
+    return 0
+
+
+def cmd_weights_verify(args) -> int:
+    from czb_core.models.weights_admin import verify_weights
+
+    problems = verify_weights(args.model, args.variant)
+    for role, found in problems.items():
+        print(f"{role}: " + ("intact" if not found else "; ".join(found)))
+    return 1 if any(problems.values()) else 0
+
+
+def add_weights_parser(sub) -> None:
+    weights = sub.add_parser("weights", help="list, download, import and verify model weights (for admins)")
+    actions = weights.add_subparsers(dest="weights_command", required=True)
+
+    p = actions.add_parser("list", help="every variant's weights: source, size, cached or not, sha256")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-sizes", action="store_true", help="do not ask the sources for the sizes of missing weights")
+    p.set_defaults(func=cmd_weights_list)
+
+    p = actions.add_parser("fetch", help="download a variant's weights into the cache now")
+    p.add_argument("model")
+    p.add_argument("variant", nargs="?")
+    p.set_defaults(func=cmd_weights_fetch)
+
+    p = actions.add_parser("import", help="copy weights from a folder or .tar.gz into the cache, checked first")
+    p.add_argument("model")
+    p.add_argument("variant")
+    p.add_argument("source", help="a folder in the layout of the weights' source, or a .tar/.tar.gz of it")
+    p.add_argument("--role", help="which part of a variant's weights this is (e.g. dictionaries)")
+    p.set_defaults(func=cmd_weights_import)
+
+    p = actions.add_parser("verify", help="re-read cached weights against their recorded sha256 (exit 1 if changed)")
+    p.add_argument("model")
+    p.add_argument("variant", nargs="?")
+    p.set_defaults(func=cmd_weights_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true",
                    help="read the matrix in row blocks, never whole (models that can; default: only when it does "
                         "not fit in memory)")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="run as shards of rows on a Ray cluster, one worker per GPU (or CPU): auto finds the "
+                        "cluster of this node, else HOST:PORT; input and workspace must be on a shared filesystem "
+                        "(default: CZB_RAY_ADDRESS, else this process)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("perturb", help="in-silico perturbation: embed perturbed cells and their shift (Geneformer)")
@@ -364,8 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", metavar="OBSM_KEY", help="e.g. X_scvi (embedding task)")
     p.add_argument("--label-key", metavar="COL", help="cell-type column (embedding task)")
     p.add_argument("--prediction", metavar="H5AD", help="perturbation task: a `czb perturb-predict` output")
-    p.add_argument("--condition-key", default="condition", metavar="COL", help="perturbation task: condition column")
-    p.add_argument("--control-name", default="ctrl", help="perturbation task: the control cells' condition")
+    p.add_argument("--condition-key", metavar="COL",
+                   help="perturbation task: condition column (default: the prediction's control column)")
+    p.add_argument("--control-name", help="perturbation task: the control cells' condition (default: the "
+                                          "prediction's control label)")
     p.add_argument("--condition", help="perturbation task: the dataset's label of the predicted perturbation "
                                        "(default: the perturbation the prediction was made for)")
     p.add_argument("--batch-key", metavar="COL")
@@ -388,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile the UMAP code once and cache it on disk (run at install)")
+    p.set_defaults(func=cmd_warmup)
+
+    add_weights_parser(sub)
 
     from czb_core.tokenizer_lab.cli import add_tokenizer_lab_parser
 

@@ -1,7 +1,8 @@
 """What every page shares: the process-wide job manager, the workspace, and the current dataset.
 
 The current dataset and job live in the URL (`?dataset=<sha256>&job=<id>`), so a refresh or a bookmark
-comes back to the same place; a new browser session starts empty otherwise.
+comes back to the same place; a new browser session starts with none open, and the Dataset page lists
+the user's datasets to reopen.
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ import streamlit as st
 from czb_core.config import get_settings
 from czb_core.io.header import DatasetHeader, read_header
 from czb_core.service.access import owner_scope
+from czb_core.service.health import serve_health
 from czb_core.service.jobs import JobManager
+from czb_core.service.retention import expires_at
 from czb_core.models.compatibility import compatibility_matrix
 from czb_core.types import Organism
+from czb_core.viz.warmup import start_warm_up
 from czb_core.service.workspace import DatasetRecord, Workspace
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner="Starting the job workers…")
 def job_manager() -> JobManager:
-    """One manager per server process: its worker threads run jobs whatever the pages do."""
-    return JobManager()
+    """One manager per server process: its workers run jobs whatever the pages do. The UMAP code is
+    compiled (or checked in its disk cache) in the background meanwhile, so the first job does not wait."""
+    manager = JobManager()
+    start_warm_up(manager.workspace.root / "logs" / "warmup.log")
+    serve_health(manager)  # GET /health about this manager's workers, when CZB_HEALTH_PORT is set
+    return manager
 
 
 def workspace() -> Workspace:
@@ -30,18 +38,28 @@ def workspace() -> Workspace:
 
 
 def current_user() -> str:
-    """The login's e-mail when `st.login` is configured, else the configured user (default "local")."""
-    try:
-        if st.user.is_logged_in:
-            return str(st.user.email)
-    except Exception:  # no auth configured
-        pass
-    return get_settings().user
+    """The login's e-mail (lower case) when login is configured, else the configured user (default "local").
+
+    With login configured, a visitor who is not logged in has no identity: the page stops at the login
+    prompt instead of falling back to the shared local user, whose items they must not see.
+    """
+    if not auth_configured():
+        return get_settings().user
+    if not is_logged_in():
+        login_prompt()
+        st.stop()
+    return str(st.user.get("email") or st.user.get("sub")).strip().lower()
 
 
 def scope() -> Optional[str]:
     """What the current user may see: their own items, everything for an admin (`CZB_ADMINS`)."""
     return owner_scope(current_user())
+
+
+def run_params_key(model: str) -> str:
+    """Session key of the run settings chosen for `model` on the Validate page (a fix such as "use `batch`
+    as scVI's batch column"): a dict of parameter values the Run page's form starts from."""
+    return f"run_params:{model}"
 
 
 def remember(key: str, value: Optional[str]) -> None:
@@ -86,6 +104,9 @@ def require_dataset() -> DatasetRecord:
         st.page_link("pages/dataset.py", label="Go to 1. Dataset", icon="📂")
         st.stop()
     st.caption(f"Dataset: **{record.name}** · sha256 {record.sha256[:12]}…")
+    if (expiry := expires_at(record)) is not None:
+        st.sidebar.caption(f"**{record.name}** and its runs are kept until {expiry:%Y-%m-%d %H:%M} UTC "
+                           "(server retention), then deleted.")
     return record
 
 
@@ -96,3 +117,39 @@ def all_reports(path: str, sha256: str, organism_latin: Optional[str]) -> dict[s
     given = Organism.parse(organism_latin) if organism_latin else None
     return {f"{verdict.model} / {variant}": report.to_dict()
             for verdict in compatibility_matrix(header, given) for variant, report in verdict.reports.items()}
+
+
+# -- login: Streamlit's OIDC (`st.login`), on when .streamlit/secrets.toml has an [auth] section ----------
+
+
+def auth_configured() -> bool:
+    """True when secrets.toml has an [auth] section, i.e. every user must log in."""
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:  # no secrets.toml at all
+        return False
+
+
+def is_logged_in() -> bool:
+    return bool(st.user.get("is_logged_in", False))
+
+
+def login_prompt() -> None:
+    """All a visitor sees before logging in: datasets and jobs belong to their owners."""
+    st.title("CZB Studio")
+    st.info("Log in to see your datasets and jobs.")
+    if st.button("Log in", key="login_main", type="primary"):
+        st.login()
+
+
+def account_sidebar() -> None:
+    """Who is using the app: the logged-in e-mail with "Log out", a "Log in" button, or the single local user."""
+    with st.sidebar:
+        if not auth_configured():
+            st.caption("Single local user (no login configured)")
+        elif is_logged_in():
+            st.caption(f"Logged in as **{current_user()}**")
+            if st.button("Log out", key="logout"):
+                st.logout()
+        elif st.button("Log in", key="login_sidebar"):
+            st.login()

@@ -1,7 +1,8 @@
-"""1. Dataset: upload, open a server path, or use the demo; then what the file holds and its QC."""
+"""1. Dataset: reopen one of your datasets, or add one (upload, server path, demo); then what it holds and its QC."""
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import plotly.express as px
@@ -9,13 +10,32 @@ import streamlit as st
 
 from czb_core.config import get_settings
 from czb_core.errors import CzbError
-from czb_core.schema.data_manager import DataManager, detect_organism_of
-from czb_core.viz.qc import per_cell_qc
 from czb_core.io.synthetic import write_demo
+from czb_core.progress import format_amount
+from czb_core.schema.data_manager import DataManager, detect_organism_of
+from czb_core.service.history import dataset_shape, version_tree
+from czb_core.service.retention import expires_at
 from czb_core.tasks.column_roles import suggest_columns
-from pages.common import current_dataset, current_user, dataset_header, remember, workspace
+from czb_core.viz.qc import per_cell_qc
+from pages.common import (
+    current_dataset,
+    current_user,
+    dataset_header,
+    job_manager,
+    recall,
+    remember,
+    scope,
+    workspace,
+)
 
 st.title("Dataset")
+st.markdown(
+    "CZB Studio embeds your single-cell data with foundation models (scVI, Geneformer, scGPT, UCE, "
+    "TranscriptFormer, …) and scores every embedding beside a PCA baseline.  \n"
+    "Start here: reopen one of your datasets or add an `.h5ad` / 10x `.h5` file (or the demo); then "
+    "**2. Validate** shows which models fit it, **3. Run** embeds it, **4. Results** compares the runs.  \n"
+    "Your datasets and runs stay on this server, so you can come back to them in any later session."
+)
 settings = get_settings()
 
 
@@ -24,6 +44,58 @@ def use(record) -> None:
     st.rerun()
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def shape_of(path: str, sha256: str) -> Optional[tuple[int, int]]:
+    """Cached by content hash: a stored file never changes."""
+    return dataset_shape(Path(path))
+
+
+def history_row(entry, opened: Optional[str]) -> None:
+    """One dataset of the list: what it is, and Open / Delete (Delete asks once more)."""
+    record = entry.record
+    shape = shape_of(str(record.path), record.sha256)
+    name = ("↳ " * entry.depth) + record.name + (" (open)" if record.sha256 == opened else "")
+    facts = [f"{shape[0]:,} cells × {shape[1]:,} genes" if shape else "file unreadable or gone",
+             record.organism.replace("_", " ") if record.organism else "species detected when opened",
+             f"added {record.created_at.replace('T', ' ')[:16]} UTC", format_amount(record.size_bytes, "bytes")]
+    if record.note:
+        facts.append(record.note)
+    if (expiry := expires_at(record)) is not None:
+        facts.append(f"kept until {expiry:%Y-%m-%d} (server retention)")
+    text, open_col, delete_col = st.columns([8, 1, 1])
+    text.markdown(f"**{name}**  \n{' · '.join(facts)}")
+    if open_col.button("Open", key=f"open_{record.sha256}", disabled=record.sha256 == opened):
+        use(record)
+    if delete_col.button("Delete", key=f"delete_{record.sha256}"):
+        st.session_state["confirm_delete"] = record.sha256
+    if st.session_state.get("confirm_delete") == record.sha256:
+        st.warning(f"Delete **{record.name}** and your runs on it? Versions made from it stay.")
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete", key=f"delete_yes_{record.sha256}", type="primary"):
+            st.session_state.pop("confirm_delete")
+            try:
+                workspace().delete_dataset(record.sha256, scope())
+            except KeyError:
+                st.warning("That dataset was already deleted.")
+            except CzbError as exc:
+                st.error(str(exc))
+                return
+            if record.sha256 == opened:
+                remember("dataset", None)
+            st.rerun()
+        if no.button("Keep it", key=f"delete_no_{record.sha256}"):
+            st.session_state.pop("confirm_delete")
+            st.rerun()
+
+
+history = version_tree(workspace().list(owner=scope()))
+opened = recall("dataset")
+if history:
+    with st.expander(f"Your datasets ({len(history)})", expanded=not opened):
+        for entry in history:
+            history_row(entry, opened)
+
+st.subheader("Add a dataset")
 source = st.radio("Source", ["Upload a file", "Path on this server", "Demo dataset"], horizontal=True)
 if source == "Upload a file":
     uploaded = st.file_uploader(
@@ -33,6 +105,7 @@ if source == "Upload a file":
     )
     if uploaded is not None and st.button("Use this file", type="primary"):
         try:
+            job_manager().quotas.check_upload(current_user(), uploaded.size)
             record = workspace().add_stream(uploaded, uploaded.name, owner=current_user(),
                                             max_bytes=settings.max_upload_mb * 2**20)
         except CzbError as exc:
@@ -96,11 +169,11 @@ with left:
         pd.DataFrame({"column": header.obs.columns,
                       "distinct values": [header.obs[c].nunique() for c in header.obs.columns],
                       "dtype": [str(header.obs[c].dtype) for c in header.obs.columns]}),
-        hide_index=True, use_container_width=True,
+        hide_index=True, width="stretch",
     )
 with right:
     st.markdown("**var columns**")
-    st.dataframe(pd.DataFrame({"column": header.var.columns}), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame({"column": header.var.columns}), hide_index=True, width="stretch")
     st.markdown(f"**obsm keys:** {', '.join(header.obsm_keys) or 'none'} · **layers:** "
                 f"{', '.join(header.layers) or 'none'}")
 
@@ -114,8 +187,8 @@ def qc_table(path: str, sha256: str, location: str) -> pd.DataFrame:
 
 qc = qc_table(str(record.path), record.sha256, DataManager(header).matrix_location)
 q1, q2 = st.columns(2)
-q1.plotly_chart(px.histogram(qc, x="total_counts", nbins=60, title="Counts per cell"), use_container_width=True)
-q2.plotly_chart(px.histogram(qc, x="n_genes", nbins=60, title="Genes per cell"), use_container_width=True)
+q1.plotly_chart(px.histogram(qc, x="total_counts", nbins=60, title="Counts per cell"), width="stretch")
+q2.plotly_chart(px.histogram(qc, x="n_genes", nbins=60, title="Genes per cell"), width="stretch")
 st.caption(f"Median {qc['total_counts'].median():,.0f} counts and {qc['n_genes'].median():,.0f} genes per cell; "
            f"{int((qc['total_counts'] == 0).sum()):,} empty cells.")
 st.page_link("pages/validate.py", label="Next: check which models fit", icon="✅")

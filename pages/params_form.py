@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import streamlit as st
 
@@ -11,9 +11,13 @@ from czb_core.models.params import Param, ParamSchema
 NONE = "(none)"
 
 
-def _widget(param: Param, default: Any, columns: Sequence[str], key: str) -> Any:
+def _widget(param: Param, default: Any, columns: Sequence[str], key: str, offered: Optional[Sequence] = None) -> Any:
     """One widget for one parameter; returns the chosen value (None: the model's default)."""
     label, tip = param.title, f"`{param.name}`: {param.help}"
+    if offered is not None:  # the values this variant knows (type to search)
+        options = list(offered)
+        return st.selectbox(label, options, index=options.index(default) if default in options else None,
+                            help=tip, key=key, placeholder=f"choose one of {len(options):,} (type to search)")
     if param.choices is not None:
         options = list(param.choices)
         return st.selectbox(label, options, index=options.index(default) if default in options else 0,
@@ -42,13 +46,22 @@ def _widget(param: Param, default: Any, columns: Sequence[str], key: str) -> Any
     return st.text_input(label, value=str(default or ""), help=tip, key=key)
 
 
-def parameter_form(schema: ParamSchema, columns: Sequence[str], key_prefix: str, n_columns: int = 3) -> dict:
-    """Widgets for every parameter, laid out in columns; returns the values that differ from the defaults."""
-    defaults = schema.defaults()
+def parameter_form(schema: ParamSchema, columns: Sequence[str], key_prefix: str, n_columns: int = 3,
+                   suggested: Optional[Mapping[str, Optional[str]]] = None,
+                   chosen: Optional[Mapping[str, Any]] = None,
+                   offered: Optional[Mapping[str, Sequence]] = None) -> dict:
+    """Widgets for every parameter, laid out in columns, starting from the defaults with the `suggested`
+    obs columns (see `ParamSchema.suggested`) and the values `chosen` elsewhere (a fix applied on the
+    Validate page); a parameter in `offered` is chosen from those values only (scGenePT's trained
+    perturbations). Returns the values that differ from the defaults."""
+    offered = offered or {}
+    chosen = {k: v for k, v in (chosen or {}).items() if k in schema.params}
+    start = {**schema.suggested(suggested or {}), **{k: schema.resolve(chosen)[k] for k in chosen}}
     values = {}
     grid = st.columns(n_columns)
     for i, param in enumerate(schema):
         with grid[i % n_columns]:
-            values[param.name] = _widget(param, defaults[param.name], columns, f"{key_prefix}_{param.name}")
+            values[param.name] = _widget(param, start[param.name], columns, f"{key_prefix}_{param.name}",
+                                         offered.get(param.name))
     given = {k: v for k, v in values.items() if v is not None}
     return schema.changed(schema.resolve(given))

@@ -1,8 +1,13 @@
 """3. Run: pick a model and variant, set parameters, start a job, watch it, cancel or retry it.
 
-The job runs on the server's worker thread, not in this script: clicking around, refreshing or
-closing the tab does not stop it. The selected job is in the URL (`?job=<id>`).
+The job runs in the server's worker, not in this script: clicking around, refreshing or closing the tab
+does not stop it. The selected job is in the URL (`?job=<id>`). Only the jobs panel reruns while a job is
+active, every `POLL_S` seconds, from one read of the job store: polling must cost the server next to
+nothing, since every open Run tab polls and the jobs share the machine.
 """
+
+from datetime import datetime, timezone
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
@@ -10,14 +15,26 @@ import streamlit as st
 from czb_core.errors import CzbError
 from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import discover_models
+from czb_core.models.weights_admin import weights_missing
+from czb_core.schema.data_manager import DataManager
+from czb_core.streaming.plan import plan_reading
+from czb_core.progress import (ACTIVE, format_duration, progress_fraction, progress_line, queue_line,
+                               seconds_since)
 from czb_core.tasks import NO_BATCH, MetricOptions, suggest_columns
+from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
-from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset, scope
+from pages.common import (current_user, dataset_header, job_manager, recall, remember, require_dataset, run_params_key,
+                          scope)
 from pages.params_form import parameter_form
+
+POLL_S = 3
 
 st.title("Run")
 record = require_dataset()
 manager = job_manager()
+if (asked := recall("job")) and manager.get(asked, scope()) is None:  # gone, or another user's: "not found" either way
+    st.warning(f"Job {asked} was not found.")
+    remember("job", None)
 models = discover_models()
 organism_name = record.organism  # set on the Validate page for this dataset, else detected
 
@@ -41,12 +58,39 @@ with right:
         weights_line = f"{size}{'cached' if WeightsCache().is_cached(weights) else 'not cached'} (`{weights}`)"
     st.markdown(
         f"- Organisms: {', '.join(card.organisms)}\n- Input: {card.expected_input}\n"
-        f"- Embedding size: {card.embedding_dim}\n- Weights: {weights_line}\n- Licence: {card.licence}\n"
+        f"- Embedding size: {config.embedding_dim(variant)}\n- Weights: {weights_line}\n- Licence: {card.licence}\n"
         f"- Citation: {card.citation}"
     )
 
+
+
+@st.cache_data(max_entries=16, ttl=60, show_spinner="Reading the variant's training screen…")  # None until fetched
+def perturbations_of(model: str, variant: str) -> Optional[list[str]]:
+    config = discover_models()[model]
+    return config.load_implementation()(config, variant).perturbation_choices()
+
+
+def offered_values(implementation, config, variant: str) -> dict:
+    """Parameters chosen from a list the variant knows: a prediction model's trained perturbations, once its
+    training data is on this server (before that, the run fetches it and checks the name typed)."""
+    if not hasattr(implementation, "perturbation_choices"):
+        return {}
+    choices = perturbations_of(config.name, variant)
+    return {} if choices is None else {"perturbation": choices}
+
+
 header = dataset_header(str(record.path), record.sha256)
 roles = suggest_columns(header.obs)
+try:
+    reading = plan_reading(record.path, DataManager(header).matrix_location)
+except (CzbError, OSError, KeyError):  # a 10x file or an unusual layout: read whole, as the run will say
+    reading = None
+if reading is not None and not reading.fits:
+    how = ("this model reads it in row blocks (streamed), so it runs" if config.load_implementation().streams else
+           "this model reads it whole, so the run would be refused; the PCA variants stream")
+    st.warning(f"Reading the matrix {reading.describe()}: {how}.")
+elif reading is not None:
+    st.caption(f"Reading the matrix {reading.describe()}.")
 columns = list(header.obs.columns)
 with st.expander("Metrics: which obs columns hold labels, batches and splits", expanded=False):
     st.caption("Every finished run is scored beside the PCA baseline of this dataset (cz-benchmarks tasks).")
@@ -71,15 +115,28 @@ metrics_options = MetricOptions(label_key=label_key if score else None,
                                 test=test if split else None)
 
 st.markdown("**Parameters**")
-device = st.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: the GPU when the server has one")
-schema = config.load_implementation().param_schema(variant_config)
+device = st.selectbox("Device", ["auto", *manager.devices],
+                      help="auto: the least loaded GPU when the server has one, else the CPU")
+implementation = config.load_implementation()
+schema = implementation.param_schema(variant_config)
 try:
-    params = parameter_form(schema, columns, key_prefix=f"param_{model}_{variant}")
+    params = parameter_form(schema, columns, key_prefix=f"param_{model}_{variant}",
+                            suggested={"batch_key": roles.batch}, chosen=st.session_state.get(run_params_key(model)),
+                            offered=offered_values(implementation, config, variant))
     # validation with the chosen parameters: they can change what the model needs (e.g. batch columns)
     report = check_variant(header, config, variant, Organism.parse(organism_name) if organism_name else None,
                            params).to_dict()
 except CzbError as exc:
     params, report = {}, {"ok": False, "problems": [{"severity": "error", "message": str(exc), "fix": ""}]}
+# Weights with a download are fetched by the run itself (an offline server imports them first); weights
+# without one must be imported (the check below blocks the run and says so). Either way the link leads there.
+if weights_missing(model, variant):
+    import_first = bool(variant_config.weights_from) and not variant_config.weights
+    if not import_first:
+        st.info("This variant's weights are not on this server yet: the run downloads them first. On a server "
+                "without network, an admin imports them on the Weights page.")
+    st.page_link("pages/weights.py", label=f"{'Import' if import_first else 'Download or import'} these weights on "
+                 "the Weights page", icon="📦", query_params={"model": model, "variant": variant})
 blocked = not report["ok"]
 if blocked:
     for problem in (p for p in report["problems"] if p["severity"] == "error"):
@@ -97,61 +154,90 @@ if submitted:
     if job.status == "done":
         st.success("This exact run already finished: showing the cached result (no recompute).")
 
-st.subheader("Jobs on this dataset")
-jobs = manager.list(dataset_sha256=record.sha256, owner=scope())
-if jobs:
-    st.dataframe(pd.DataFrame([{
-        "job": j.id, "model": j.model, "variant": j.variant, "status": j.status,
-        "queue position": manager.queue_position(j.id) if j.status == "queued" else None,
-        "step": j.step, "progress": f"{100 * j.progress_fraction:.0f}%", "created": j.created_at,
-    } for j in jobs]), hide_index=True, use_container_width=True)
-    ids = [j.id for j in jobs]
+
+def needs_polling(jobs, scores) -> bool:
+    """Whether the panel must keep polling: a job of the list, or the scoring of the followed one, is active."""
+    return any(j.status in ACTIVE for j in jobs) or any(s.status in ACTIVE for s in scores)
+
+
+def followed(jobs):
+    """The job in the URL when it is in the list, else the newest."""
     selected = recall("job")
-    chosen = st.selectbox("Follow job", ids, index=ids.index(selected) if selected in ids else 0)
-    remember("job", chosen)
-else:
-    st.caption("No jobs yet.")
+    return next((j for j in jobs if j.id == selected), jobs[0])
 
 
-@st.fragment(run_every="1s")
-def job_panel(job_id: str) -> None:
-    job = manager.get(job_id, scope())
-    if job is None:
-        st.warning(f"Job {job_id} was not found.")
-        return
-    st.markdown(f"**Job {job.id}** · {job.model} / {job.variant} · **{job.status}**")
+def scores_of(job) -> list:
+    return manager.scores(job.id, scope()) if job.status == "done" else []
+
+
+def job_row(job) -> dict:
+    line = progress_line(job.status, job.step, job.done, job.total)
+    return {"job": job.id, "model": job.model, "variant": job.variant, "status": job.status,
+            "progress": "" if job.status == "queued" else line, "created": job.created_at}
+
+
+def job_timing(job, now: datetime) -> str:
     if job.status == "queued":
-        st.info(f"Waiting: position {manager.queue_position(job.id)} in the {job.device} queue.")
-    if job.status in ("queued", "running"):
-        label = f"{job.step or 'starting'}"
-        if job.total:
-            label += f": {job.done:,.0f} / {job.total:,.0f}"
-        st.progress(min(1.0, job.progress_fraction), text=label)
-        if st.button("Cancel", key=f"cancel_{job.id}"):
-            manager.cancel(job.id, scope())
+        return f"queued for {format_duration(seconds_since(job.created_at, now))}"
+    if job.started_at is None:
+        return ""
+    end = datetime.fromisoformat(job.finished_at) if job.finished_at else now
+    return f"ran for {format_duration(seconds_since(job.started_at, end))}"
+
+
+def job_panel(job, scores, now: datetime) -> None:
+    """One job as of the snapshot the table shows."""
+    timing = job_timing(job, now)
+    st.markdown(f"**Job {job.id}** · {job.model} / {job.variant} · **{job.status}**"
+                + (f" · {timing}" if timing else ""))
+    if job.status == "queued":
+        mine, overall = manager.store.queue_position(job.id, scope()), manager.queue_position(job.id)
+        if mine is not None and overall is not None:  # else a worker took it since: the next poll says so
+            st.info(queue_line(mine, overall - mine, job.device))
+    elif job.status == "running":
+        line = progress_line(job.status, job.step, job.done, job.total, seconds_since(job.step_started_at, now))
+        st.progress(progress_fraction(job.status, job.done, job.total) or 0.0, text=line)
+    if job.status in ACTIVE and st.button("Cancel", key=f"cancel_{job.id}"):
+        manager.cancel(job.id, scope())
     for note in job.notes:
         st.caption(f"Note: {note}")
     if job.status == "done":
-        scores = manager.scores(job.id, scope())
-        scoring = [s for s in scores if s.status in ("queued", "running")]
+        scoring = [s for s in scores if s.status in ACTIVE]
         if scoring:
-            st.info(f"Embedding done; scoring beside the PCA baseline ({scoring[0].step or 'starting'}).")
+            st.info(f"Embedding done; scoring beside the PCA baseline ({scoring[0].step or 'waiting'}).")
         else:
             st.success("Done." + (f" Metrics: {scores[0].error}" if scores and scores[0].error else ""))
-        st.page_link("pages/results.py", label="See the results", icon="📊")
+        if job.model == LAB_MODEL:
+            st.page_link("pages/tokenizer_lab.py", label="See it in the Tokenizer lab", icon="🧪")
+        else:
+            st.page_link("pages/results.py", label="See the results", icon="📊")
     elif job.status in ("failed", "cancelled", "interrupted"):
+        st.caption(progress_line(job.status, job.step, job.done, job.total))
         (st.error if job.status == "failed" else st.warning)(job.error or job.message or job.status)
         if st.button("Run again", key=f"retry_{job.id}"):
             remember("job", manager.retry(job.id, scope()).id)
             st.rerun(scope="app")
-    if job.status == "done" and any(s.status in ("queued", "running") for s in manager.scores(job.id, scope())):
-        return  # keep polling until the scoring is done too
-    if job.is_finished and st.session_state.get("_last_status") not in (None, job.status):
-        st.session_state["_last_status"] = job.status
+
+
+def jobs_section(polling: bool) -> None:
+    """The jobs table and the followed job's panel, from one read of the store, so that they never
+    disagree. Once nothing is active, the whole page reruns once, which stops the polling."""
+    jobs = manager.list(dataset_sha256=record.sha256, owner=scope())
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    st.dataframe(pd.DataFrame([job_row(j) for j in jobs]), hide_index=True, width="stretch")
+    ids = [j.id for j in jobs]
+    chosen = st.selectbox("Follow job", ids, index=ids.index(followed(jobs).id))
+    remember("job", chosen)
+    job = jobs[ids.index(chosen)]
+    scores = scores_of(job)
+    job_panel(job, scores, datetime.now(timezone.utc))
+    if polling and not needs_polling(jobs, scores):
         st.rerun(scope="app")
-    st.session_state["_last_status"] = job.status
 
 
-job_id = recall("job")
-if job_id:
-    job_panel(job_id)
+st.subheader("Jobs on this dataset")
+listed = manager.list(dataset_sha256=record.sha256, owner=scope())
+polling = bool(listed) and needs_polling(listed, scores_of(followed(listed)))
+st.fragment(jobs_section, run_every=POLL_S if polling else None)(polling)

@@ -15,7 +15,10 @@ def czb_home(tmp_path, monkeypatch):
     """Every test gets its own workspace and weights cache; nothing touches ~/.czb."""
     home = tmp_path / "czb_home"
     monkeypatch.setenv("CZB_HOME", str(home))
-    for var in ("CZB_WEIGHTS_DIR", "CZB_WORKSPACE", "CZB_S3_ENDPOINT_URL", "CZB_DATA_ROOTS", "CZB_USER"):
+    for var in ("CZB_WEIGHTS_DIR", "CZB_WORKSPACE", "CZB_S3_ENDPOINT_URL", "CZB_DATA_ROOTS", "CZB_USER",
+                "CZB_ADMINS", "CZB_USER_QUOTA_GB", "CZB_MAX_QUEUED_JOBS", "CZB_RETENTION_DAYS", "CZB_CPU_WORKERS",
+                "CZB_MAX_CELLS", "CZB_RAY_ADDRESS", "CZB_HEALTH_PORT", "CZB_HEALTH_HOST",
+                "CZB_WORKER_MEMORY_LIMIT_MB", "CZB_METRICS_MAX_CELLS"):
         monkeypatch.delenv(var, raising=False)
     return home
 

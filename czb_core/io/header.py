@@ -18,7 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import InputError
-from czb_core.io.reading import check_not_empty, check_readable, is_10x_h5, read_10x_h5
+from czb_core.io.legacy import read_legacy_h5ad
+from czb_core.io.reading import check_not_empty, check_readable, is_10x_h5, is_legacy_file, read_10x_h5
 
 COUNT_LOCATIONS = ("X", "layers/counts", "raw/X")
 SAMPLE_ROWS = 500
@@ -146,9 +147,31 @@ def _describe_memory(location: str, x, rng) -> MatrixSample:
     return _summarise(location, sample, x.dtype, encoding)
 
 
+def check_cell_names(obs_names: pd.Index, name: str) -> None:
+    """Results are joined to cells by name (exports, comparisons between models), so each name must be one cell."""
+    if obs_names.is_unique:
+        return
+    repeated = obs_names[obs_names.duplicated()].unique()
+    raise InputError(
+        f"{name}: {len(repeated):,} cell names (obs_names) occur more than once (e.g. "
+        f"{', '.join(map(repr, repeated[:3].tolist()))}), so results cannot be matched to cells; call "
+        "adata.obs_names_make_unique() (or prefix each sample's barcodes) and save the file again"
+    )
+
+
+def check_some_counts(n_empty: Optional[int], n_obs: int, matrices: dict, name: str) -> None:
+    """A counted X with no value in any cell and no other matrix to fall back on holds nothing to embed."""
+    if n_empty == n_obs and set(matrices) == {"X"}:
+        raise InputError(
+            f"{name}: all {n_obs:,} cells have no counts in X, and there is no layers['counts'] or raw.X; nothing "
+            "can be embedded: store the expression matrix in X (not an empty placeholder) and save the file again"
+        )
+
+
 def header_from_anndata(adata: ad.AnnData, path: str | Path = "<memory>", seed: int = 0) -> DatasetHeader:
     """The same facts as `read_header`, for an AnnData already in memory (a loaded dataset)."""
     check_not_empty(adata, Path(path).name)
+    check_cell_names(adata.obs_names, Path(path).name)
     rng = np.random.default_rng(seed)
     matrices = {"X": _describe_memory("X", adata.X, rng)}
     if "counts" in adata.layers:
@@ -158,6 +181,7 @@ def header_from_anndata(adata: ad.AnnData, path: str | Path = "<memory>", seed: 
     x = adata.X
     exact = sp.issparse(x) and x.format == "csr"
     n_empty = int(np.count_nonzero(np.diff(x.indptr) == 0)) if exact else None
+    check_some_counts(n_empty, adata.n_obs, matrices, Path(path).name)
     return DatasetHeader(
         path=str(path),
         n_obs=adata.n_obs,
@@ -180,12 +204,15 @@ def read_header(path: str | Path, seed: int = 0) -> DatasetHeader:
     path = check_readable(path)
     if is_10x_h5(path):
         return header_from_anndata(read_10x_h5(path), path, seed)
+    if is_legacy_file(path):  # files of anndata < 0.7 are small; backed mode would misread their columns
+        return header_from_anndata(read_legacy_h5ad(path), path, seed)
     try:
         backed = ad.read_h5ad(path, backed="r")
     except Exception as exc:
         raise InputError(f"{path.name}: cannot be read as AnnData ({exc})") from exc
     try:
         check_not_empty(backed, path.name)
+        check_cell_names(backed.obs_names, path.name)
         rng = np.random.default_rng(seed)
         matrices: dict[str, MatrixSample] = {}
         raw_var_names, raw_var = None, None
@@ -204,6 +231,7 @@ def read_header(path: str | Path, seed: int = 0) -> DatasetHeader:
             x = f["X"]
             if isinstance(x, h5py.Group) and x.attrs.get("encoding-type") == "csr_matrix":
                 n_empty, exact = int(np.count_nonzero(np.diff(x["indptr"][()]) == 0)), True
+        check_some_counts(n_empty, backed.n_obs, matrices, path.name)
         return DatasetHeader(
             path=str(path),
             n_obs=backed.n_obs,

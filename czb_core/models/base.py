@@ -106,12 +106,15 @@ class BaseModelImplementation(ABC):
 
     def weights_sources(self) -> dict[str, str]:
         """role -> URI of every weights entry; `--weights` replaces the model entry (or the only one).
-        A variant whose weights have no download (`weights_from`) needs `--weights`."""
+        A variant whose weights have no download (`weights_from`) needs `--weights`, or an admin's import
+        into the weights cache (Weights page, `czb weights import`)."""
         sources = dict(self.variant_config.weights)
         if not sources and self.variant_config.weights_from:
-            if not self.weights_uri:
-                raise ConfigError(" Fix: ".join(self.missing_weights_problem()))
-            return {MODEL_ROLE: self.weights_uri}
+            if self.weights_uri:
+                return {MODEL_ROLE: self.weights_uri}
+            if self.weights_cache.is_cached(self.imported_weights_uri):
+                return {MODEL_ROLE: self.imported_weights_uri}
+            raise ConfigError(" Fix: ".join(self.missing_weights_problem()))
         if not sources:
             if self.weights_uri:
                 raise ConfigError(f"{self.display_name} / {self.variant} uses no weights; drop --weights")
@@ -121,9 +124,17 @@ class BaseModelImplementation(ABC):
         return sources
 
     @property
+    def imported_weights_uri(self) -> str:
+        """Where an import puts the weights of a variant that has no download."""
+        from czb_core.models.weights import imported_uri
+
+        return imported_uri(self.config.name, self.variant)
+
+    @property
     def weights_missing(self) -> bool:
-        """Weights that have no download and were not given: there is nothing to load."""
-        return bool(self.variant_config.weights_from) and not self.variant_config.weights and not self.weights_uri
+        """Weights that have no download, were not given and were not imported: there is nothing to load."""
+        return (bool(self.variant_config.weights_from) and not self.variant_config.weights and not self.weights_uri
+                and not self.weights_cache.is_cached(self.imported_weights_uri))
 
     def missing_weights_problem(self) -> tuple[str, str]:
         """(message, fix) for a variant whose weights must be given and were not."""

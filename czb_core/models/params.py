@@ -120,6 +120,17 @@ class ParamSchema:
     def defaults(self) -> dict[str, Any]:
         return {name: self.default(name) for name in self.params}
 
+    def suggested(self, columns: Mapping[str, Optional[str]]) -> dict[str, Any]:
+        """The defaults, with a detected obs column (e.g. {"batch_key": "batch"}) for each column parameter
+        the model leaves empty: a form then starts from what the dataset holds, and a run that keeps the
+        suggestion records it as a chosen value."""
+        values = self.defaults()
+        for name, column in columns.items():
+            param = self.params.get(name)
+            if column and param is not None and param.obs_column and not values[name]:
+                values[name] = param.convert(column)
+        return values
+
     def resolve(self, given: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """Defaults (the model's, then the variant's) overridden by `given`; every value typed and checked."""
         given = dict(given or {})

@@ -34,6 +34,7 @@ from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.report import ValidationReport
 from czb_core.streaming.plan import IN_MEMORY, STREAMED, plan_reading
 from czb_core.streaming.row_blocks import RowBlocks, to_row_chunked
+from czb_core.streaming.sharding import SHARDED, configured_ray_address, embed_sharded
 from czb_core.types import Organism
 
 
@@ -84,25 +85,34 @@ def embed_file(
     input_sha256: Optional[str] = None,
     weights_cache=None,
     stream: Optional[bool] = None,
+    ray_address: Optional[str] = None,
 ) -> RunResult:
     """Validate, fetch weights, embed. Raises `InputError`, `DatasetValidationError`, `WeightsError`,
     `ConfigError`, `DeviceOutOfMemory` or `Cancelled` with a message meant for the user.
 
     `stream`: True reads the matrix in row blocks (models that can), False reads it whole; None decides
     from its size and the free memory (`czb_core.streaming.plan`). A matrix that does not fit in memory
-    is refused before it is read when the model cannot stream it."""
+    is refused before it is read when the model cannot stream it.
+
+    `ray_address` (default `CZB_RAY_ADDRESS`): run it as shards of rows on that Ray cluster
+    (`czb_core.streaming.sharding`); the device is then the workers' and `stream` does not apply."""
     config = get_model(model)
     implementation = config.load_implementation()(config, variant, weights_uri=weights,
                                                   weights_cache=weights_cache, **(params or {}))
-    device = resolve_device(device)
+    ray_address = ray_address or configured_ray_address()
+    requested_device, device = device, ("cpu" if ray_address else resolve_device(device))
+    sharding = None
     started, t0 = utc_now(), time.perf_counter()
     with PeakMemory(device=device) as peak:
         progress("read header", 0, 1)
         header = read_header(data_path)
         progress("read header", 1, 1)
         manager = implementation.data_manager(header, organism)
-        reading = reading_mode(data_path, manager.matrix_location, implementation, stream)
-        if reading == STREAMED:
+        reading = SHARDED if ray_address else reading_mode(data_path, manager.matrix_location, implementation, stream)
+        if reading == SHARDED:
+            output, sharding = embed_sharded(implementation, manager, data_path, address=ray_address,
+                                             device=requested_device, progress=progress, cancel=cancel)
+        elif reading == STREAMED:
             output = implementation.execute(manager, device=device, progress=progress, cancel=cancel,
                                             open_blocks=lambda: open_row_blocks(data_path, manager.matrix_location,
                                                                                 progress))
@@ -117,6 +127,8 @@ def embed_file(
     record = run_record(implementation, output, report, header_path=header.path, sha256=input_sha256,
                         n_vars=header.n_vars, started=started, wall_s=time.perf_counter() - t0, peak=peak)
     record["reading"] = reading
+    if sharding is not None:
+        record["sharding"] = sharding
     record["genes"] = {"read from": manager.gene_source, "naming": manager.gene_system.value,
                        "species": manager.detection.describe(), "reference": manager.detection.reference}
     if output.pred_ng is not None:  # rows are the runner's (e.g. sampled control cells), not the input's

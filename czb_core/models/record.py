@@ -34,8 +34,9 @@ def device_description(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and "torch" in sys.modules:
         import torch
 
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
+        if torch.cuda.is_available():  # the GPU the run used (`cuda:1`), not always the first
+            info["gpu"] = torch.cuda.get_device_name(torch.device(device if ":" in device else "cuda:0"))
+            info["gpu_count"] = torch.cuda.device_count()
     return info
 
 

@@ -41,6 +41,7 @@ class VariantConfig:
     weights_size_mb: Optional[float] = None
     params: dict[str, Any] = field(default_factory=dict)  # variant defaults, overridable per run
     resources: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: Optional[int] = None  # where it differs from the card's (scVI's `fit`: 10, Census: 50)
 
     @property
     def needs_weights(self) -> bool:
@@ -65,6 +66,10 @@ class ModelConfig:
                 f"model {self.name!r} has no variant {key!r}; choose one of: {', '.join(self.variants)}"
             )
         return self.variants[key]
+
+    def embedding_dim(self, variant: Optional[str] = None) -> Optional[int]:
+        """The embedding size of `variant`: its own where the config gives one, else the card's."""
+        return self.variant(variant).embedding_dim or self.card.embedding_dim
 
     def load_implementation(self) -> type:
         try:

@@ -8,6 +8,10 @@ and renamed only once its size (and, on S3, its MD5 ETag) checks out, and the ma
 last, so an entry counts as cached only when the manifest exists and every listed file has its
 listed size. A local directory is used where it is, never copied.
 
+An admin can also fill an entry without its source (`staging` + `install`, used by
+`czb_core.models.weights_admin`): the files are assembled beside the cache and the finished entry is
+renamed into place. A variant whose weights have no download gets the entry `czb-import://<model>/<variant>`.
+
 Every failure surfaces as `WeightsError` with a message that says what to do, not a botocore or
 requests traceback.
 """
@@ -16,15 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -39,10 +46,12 @@ import czb_core
 from czb_core.config import get_settings
 from czb_core.errors import WeightsError
 from czb_core.io.atomic import atomic_path, write_json_atomically
-from czb_core.io.hashing import sha256_file_cached
+from czb_core.io.hashing import sha256_file, sha256_file_cached
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 
 STEP = "download weights"
+IMPORT_STEP = "import weights"
+IMPORT_SCHEME = "czb-import"  # the entry of weights that have no download, only an admin's import
 CHUNK_BYTES = 1 << 20
 MANIFEST_NAME = "manifest.json"
 FILES_DIR = "files"
@@ -52,12 +61,21 @@ WHERE_TO_LOOK = "check the variant's URI or the --weights option"
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
 
+class SourceUnreachable(WeightsError):
+    """The weights' server did not answer at all (offline, no network), as opposed to refusing a request."""
+
+
 class Source(NamedTuple):
-    """A parsed weights URI: `kind` is "s3", "http" or "local"."""
+    """A parsed weights URI: `kind` is "s3", "http", "local" or "import"."""
 
     kind: str
     location: str  # bucket, URL or filesystem path
     key: str = ""  # S3 prefix or object key
+
+
+def imported_uri(model: str, variant: str) -> str:
+    """The cache key of a variant whose weights have no download (`weights_from`): only an import fills it."""
+    return f"{IMPORT_SCHEME}://{model}/{variant}"
 
 
 def parse_uri(uri: str) -> Source:
@@ -71,6 +89,8 @@ def parse_uri(uri: str) -> Source:
         return Source("http", uri)
     if parts.scheme == "file":
         return Source("local", url2pathname(unquote(parts.path)))
+    if parts.scheme == IMPORT_SCHEME:
+        return Source("import", f"{parts.netloc}{parts.path}")
     if parts.scheme == "":
         return Source("local", str(Path(uri).expanduser()))
     raise WeightsError(
@@ -83,18 +103,19 @@ def parse_uri(uri: str) -> Source:
 
 @dataclass
 class _ByteProgress:
-    """Reports bytes done across all files of one fetch as `progress(STEP, done, total)`."""
+    """Reports bytes done across all files of one fetch (or import) as `progress(step, done, total)`."""
 
     progress: ProgressCallback
     total: Optional[int]
     done: int = 0
+    step: str = STEP
 
     def __post_init__(self) -> None:
-        self.progress(STEP, 0, self.total)
+        self.progress(self.step, 0, self.total)
 
     def add(self, n_bytes: int) -> None:
         self.done += n_bytes
-        self.progress(STEP, self.done, self.total)
+        self.progress(self.step, self.done, self.total)
 
 
 def _write_atomically(
@@ -185,12 +206,21 @@ def sync_s3_to_local(
         ]
 
 
-def _s3_client(unsigned: bool, endpoint_url: Optional[str]):
-    """A client from a fresh session: boto3's default session is not safe to share across threads."""
-    options = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60}
+def _s3_client(unsigned: bool, endpoint_url: Optional[str], timeout: float = 60, attempts: int = 3):
+    """A client from a fresh session: boto3's default session is not safe to share across threads.
+    A quick question (a listing for the size) passes a short `timeout` and one attempt, so an offline
+    server answers "unknown" in seconds rather than after minutes of retries."""
+    options = {"retries": {"max_attempts": attempts, "mode": "standard"},
+               "connect_timeout": min(10, timeout), "read_timeout": timeout}
     if unsigned:
         options["signature_version"] = UNSIGNED
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=Config(**options))
+
+
+@functools.lru_cache(maxsize=8)
+def _quick_s3_client(unsigned: bool, endpoint_url: Optional[str], timeout: float):
+    """One client for short questions, shared by threads (clients are thread-safe; making one takes ~0.5 s)."""
+    return _s3_client(unsigned, endpoint_url, timeout=timeout, attempts=1)
 
 
 def _list_objects(client, bucket: str, prefix: str) -> list[tuple[str, PurePosixPath, int]]:
@@ -237,7 +267,7 @@ def _s3_errors(uri: str, endpoint_url: Optional[str], unsigned: bool) -> Iterato
             "or unset CZB_S3_SIGNED for a public bucket"
         ) from exc
     except BotoConnectionError as exc:
-        raise WeightsError(
+        raise SourceUnreachable(
             f"cannot reach the S3 endpoint {endpoint_url or 'of AWS'} for {uri}: the server may be offline "
             f"or there is no network ({exc})"
         ) from exc
@@ -295,7 +325,7 @@ def fetch_url(
         _extract_tar(dest, local_dir, url)
     finally:
         dest.unlink()
-    return _describe_tree(local_dir)
+    return describe_tree(local_dir)
 
 
 @contextlib.contextmanager
@@ -313,7 +343,7 @@ def _http_errors(url: str) -> Iterator[None]:
             f"{url} answered HTTP {status}; the server may be having trouble, try again later"
         ) from exc
     except requests.ConnectionError as exc:
-        raise WeightsError(
+        raise SourceUnreachable(
             f"cannot reach {urlsplit(url).netloc} for {url}: the server may be offline "
             f"or there is no network ({exc})"
         ) from exc
@@ -321,19 +351,55 @@ def _http_errors(url: str) -> Iterator[None]:
         raise WeightsError(f"download of {url} failed: {exc}; try again") from exc
 
 
-def _extract_tar(archive: Path, dest: Path, url: str) -> None:
-    """Unpack only members that stay inside `dest`.
+def _extract_tar(
+    archive: Path,
+    dest: Path,
+    url: str,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+    step: str = STEP,
+) -> None:
+    """Unpack only members that stay inside `dest`, reporting the bytes of the files unpacked.
 
     Names that are absolute or contain `..` are refused outright (the "data" filter would quietly
     strip a leading "/"); the filter then refuses links pointing outside `dest` and device files.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar.getmembers():
+            members = tar.getmembers()
+            for member in members:
                 _safe_relpath(member.name, f"archive {url}")
-            tar.extractall(dest, filter="data")
-    except tarfile.TarError as exc:
+            meter = _ByteProgress(progress, sum(m.size for m in members if m.isfile()), step=step)
+            for member in members:
+                if cancel is not None:
+                    cancel.check()
+                tar.extract(member, dest, filter="data")
+                if member.isfile():
+                    meter.add(member.size)
+    except (tarfile.TarError, EOFError, OSError) as exc:  # a truncated gzip ends in EOFError or OSError
         raise WeightsError(f"archive {url} is unsafe or unreadable: {exc}") from exc
+
+
+def unpack_archive(
+    archive: Path | BinaryIO,
+    dest: str | Path,
+    what: str,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+) -> list[dict]:
+    """Unpack a `.tar`/`.tar.gz` (a path, or a stream such as an upload) into `dest`, with the same
+    refusals as a downloaded archive; returns the records of every file unpacked."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if isinstance(archive, (str, Path)):
+        _extract_tar(Path(archive), dest, what, progress, cancel, IMPORT_STEP)
+        return describe_tree(dest)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".upload-") as spool:
+        saved = Path(spool) / "archive"
+        chunks = iter(lambda: archive.read(CHUNK_BYTES), b"")
+        _write_atomically(chunks, saved, what, None, _ByteProgress(progress, None, step=IMPORT_STEP), cancel)
+        _extract_tar(saved, dest, what, progress, cancel, IMPORT_STEP)
+    return describe_tree(dest)
 
 
 # ----------------------------------------------------------------------------- local paths
@@ -347,15 +413,42 @@ def copy_local(
 ) -> list[dict]:
     """Copy one local file into `local_dir`, with the same atomic write as a download."""
     path = Path(path)
+    meter = _ByteProgress(progress, path.stat().st_size)
+    rel = PurePosixPath(path.name)
+    return [_copy_file(path, Path(local_dir), rel, str(path), meter, cancel)]
+
+
+def copy_tree(
+    folder: str | Path,
+    local_dir: str | Path,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+) -> list[dict]:
+    """Copy every file under `folder` into `local_dir` at the same relative paths, each written atomically
+    and hashed on the way. A symlink leading out of `folder` is refused: it would copy files from a place
+    the caller never named (and may not be allowed to read)."""
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for file in files:
+        if not file.resolve().is_relative_to(folder):
+            raise WeightsError(f"{file} links to {file.resolve()}, outside {folder}; copy the file itself there")
+    meter = _ByteProgress(progress, sum(f.stat().st_size for f in files), step=IMPORT_STEP)
+    records = []
+    for file in files:
+        rel = PurePosixPath(file.relative_to(folder).as_posix())
+        records.append(_copy_file(file, Path(local_dir), rel, str(rel), meter, cancel))
+    return records
+
+
+def _copy_file(path: Path, local_dir: Path, rel: PurePosixPath, key: str, meter: _ByteProgress, cancel) -> dict:
     stat = path.stat()
-    meter = _ByteProgress(progress, stat.st_size)
     with open(path, "rb") as fh:
         chunks = iter(lambda: fh.read(CHUNK_BYTES), b"")
-        sha256 = _write_atomically(chunks, Path(local_dir) / path.name, str(path), stat.st_size, meter, cancel)
-    return [_record(str(path), PurePosixPath(path.name), stat.st_size, sha256, None, _iso(stat.st_mtime))]
+        sha256 = _write_atomically(chunks, local_dir / rel, str(path), stat.st_size, meter, cancel)
+    return _record(key, rel, stat.st_size, sha256, None, _iso(stat.st_mtime))
 
 
-def _describe_tree(root: Path) -> list[dict]:
+def describe_tree(root: Path) -> list[dict]:
     """Records for every regular file under `root`, keyed by their path relative to it."""
     records = []
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -401,7 +494,7 @@ class WeightsCache:
         """The entry's manifest if it is complete; for a local folder, one computed on the spot."""
         local = _local_dir(uri)
         if local is not None:
-            return _manifest(uri, _describe_tree(local))
+            return _manifest(uri, describe_tree(local))
         return _read_complete_manifest(self.entry_dir(uri))
 
     def fetch(
@@ -418,7 +511,7 @@ class WeightsCache:
         """
         local = _local_dir(uri)
         if local is not None:
-            _check_sha256(self.manifest(uri), expected_sha256, uri)
+            check_sha256(self.manifest(uri), expected_sha256, uri)
             return local
         entry = self.entry_dir(uri)
         with self._lock(entry):
@@ -427,7 +520,7 @@ class WeightsCache:
             try:
                 if fresh:
                     manifest = self._download(uri, entry, progress, cancel)
-                _check_sha256(manifest, expected_sha256, uri)
+                check_sha256(manifest, expected_sha256, uri)
                 if fresh:
                     write_json_atomically(entry / MANIFEST_NAME, manifest, indent=2)
             except BaseException:
@@ -447,11 +540,91 @@ class WeightsCache:
             )
         elif source.kind == "http":
             records = fetch_url(source.location, files, progress, cancel)
+        elif source.kind == "import":
+            raise WeightsError(
+                f"{uri}: these weights have no download; an admin imports them into the cache "
+                "(the Weights page, or `czb weights import`)"
+            )
         elif Path(source.location).is_file():
             records = copy_local(source.location, files, progress, cancel)
         else:
             raise WeightsError(f"{uri}: no such file or directory — {WHERE_TO_LOOK}")
         return _manifest(uri, records)
+
+    def source_size(self, uri: str, timeout: float = 5.0) -> Optional[int]:
+        """Bytes the source of `uri` holds, asked without downloading them: the S3 listing, the HTTP
+        Content-Length (of the archive, for a `.tar.gz`), the size on disk. None when the source does
+        not say (no Content-Length, an import-only entry). Raises `WeightsError` when it cannot be reached."""
+        source = parse_uri(uri)
+        if source.kind == "s3":
+            with _s3_errors(uri, self.endpoint_url, not self.signed):
+                client = _quick_s3_client(not self.signed, self.endpoint_url, timeout)
+                objects = _list_objects(client, source.location, source.key)
+            if not objects:
+                raise WeightsError(f"no objects under {uri} — {WHERE_TO_LOOK}")
+            return sum(size for _, _, size in objects)
+        if source.kind == "http":
+            with _http_errors(uri):
+                resp = requests.head(uri, timeout=timeout, allow_redirects=True,
+                                     headers={"Accept-Encoding": "identity"})
+                resp.raise_for_status()
+            length = resp.headers.get("Content-Length")
+            return int(length) if length else None
+        if source.kind == "local":
+            path = Path(source.location)
+            if not path.exists():
+                raise WeightsError(f"{uri}: no such file or directory — {WHERE_TO_LOOK}")
+            if path.is_file():
+                return path.stat().st_size
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return None
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """An empty folder on the cache's filesystem to assemble entries in (so `install` is a rename);
+        removed with whatever is left in it when the block ends."""
+        incoming = self.root / ".incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=incoming))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def install(self, uri: str, staged: Path, records: list[dict], **facts) -> dict:
+        """Make `staged` (a folder from `staging()` holding `files/`) the entry of `uri`, with a manifest
+        of `records` plus `facts` (who imported it, from where). The old entry is removed and the new one
+        renamed in under the entry's lock, so a reader finds the old entry, none, or the new one whole."""
+        if _local_dir(uri) is not None:
+            raise WeightsError(f"{uri} is a local folder, used where it is; there is no cache entry to replace")
+        manifest = {**_manifest(uri, records), **facts}
+        write_json_atomically(Path(staged) / MANIFEST_NAME, manifest, indent=2)
+        entry = self.entry_dir(uri)
+        with self._lock(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(staged, entry)
+        return manifest
+
+    def verify(self, uri: str) -> list[str]:
+        """Every difference between a cached entry's files and the sha256 its manifest recorded (empty when
+        intact). It reads every byte again: `is_cached` compares only sizes, which miss a changed byte."""
+        entry = self.entry_dir(uri)
+        if _local_dir(uri) is not None:
+            return []  # a folder used in place is hashed on every use; there is no record to compare with
+        try:
+            records = json.loads((entry / MANIFEST_NAME).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return [f"{uri} is not in the cache (no readable manifest)"]
+        problems = []
+        for record in records:
+            try:
+                digest = sha256_file(entry / FILES_DIR / record["path"])
+            except OSError:
+                problems.append(f"{record['path']} is missing")
+                continue
+            if digest != record["sha256"]:
+                problems.append(f"{record['path']} has sha256 {digest}, not the recorded {record['sha256']}")
+        return problems
 
     @contextlib.contextmanager
     def _lock(self, entry: Path) -> Iterator[None]:
@@ -484,6 +657,13 @@ def _manifest(uri: str, records: list[dict]) -> dict:
     }
 
 
+def tree_sha256(manifest: dict) -> str:
+    """One checksum for a whole entry: the sha256 of its sorted `path<TAB>sha256` lines, the same for the
+    same files wherever and in whatever order they were fetched."""
+    lines = sorted(f"{r['path']}\t{r['sha256']}\n" for r in manifest["files"])
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def _read_complete_manifest(entry: Path) -> Optional[dict]:
     """The manifest, only if it exists and every file it lists is on disk with its listed size."""
     try:
@@ -494,7 +674,7 @@ def _read_complete_manifest(entry: Path) -> Optional[dict]:
     return manifest if complete else None
 
 
-def _check_sha256(manifest: dict, expected: Optional[dict[str, str]], uri: str) -> None:
+def check_sha256(manifest: dict, expected: Optional[dict[str, str]], uri: str) -> None:
     """Compare recorded digests with the ones a variant pins; missing or different files are errors."""
     recorded = {r["path"]: r["sha256"] for r in manifest["files"]}
     for path, want in (expected or {}).items():

@@ -117,7 +117,19 @@ class ValidationReport:
             "checks": {c: self.status(c) for c in self.checks_run},
             "problems": [p.to_dict() for p in self.problems],
             "facts": self.facts,
+            "pending": self.pending,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ValidationReport":
+        """The report back from `to_dict()`: the app caches reports as plain dicts (they are pickled for
+        every caller) and summarises them as reports. The checks that ran and their problems come back;
+        the decided organism does not (`to_dict` keeps it only as a fact)."""
+        problems = [Problem(p["check"], p["code"], Severity(p["severity"]), p["message"], p.get("fix", ""))
+                    for p in data.get("problems", [])]
+        return cls(model=data["model"], variant=data.get("variant"), problems=problems,
+                   checks_run=list(data.get("checks", {})), facts=dict(data.get("facts", {})),
+                   pending=data.get("pending", ""))
 
     def format_text(self) -> str:
         """The plain-text report the CLI prints."""

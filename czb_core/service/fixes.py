@@ -117,6 +117,17 @@ FIXES = {
 }
 
 
+def version_name(parent_name: str, fix: str) -> str:
+    """"<name> · <what changed>": the parent's name without its file suffix, so versions of versions read
+    "cells · symbols mapped · batch key built" rather than repeating ".h5ad"."""
+    stem = parent_name
+    for suffix in (".h5ad", ".h5"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{stem} · {FIXES[fix]}"
+
+
 def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] = None, **args) -> FixResult:
     """Read the dataset, apply one fix, store the result as a version named "<name> · <what changed>"."""
     if fix not in FIXES:
@@ -138,8 +149,7 @@ def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] 
     else:
         adata = make_batch_key(adata, args["columns"], args.get("key", "batch"))
         note = f"obs['{args.get('key', 'batch')}'] from {', '.join(args['columns'])}"
-    base = record.name.rsplit(".h5ad", 1)[0]
-    version = workspace.add_anndata(adata, name=f"{base} · {FIXES[fix]}", owner=owner, parent_sha256=sha256,
+    version = workspace.add_anndata(adata, name=version_name(record.name, fix), owner=owner, parent_sha256=sha256,
                                     note=note)
     return FixResult(version, mapping.to_csv() if mapping else None, mapping.summary() if mapping else None)
 

@@ -3,7 +3,8 @@
 An uploaded or derived file is stored once as `datasets/<sha256>.<suffix>`: the same bytes uploaded twice
 are one dataset, and a job's cache key can name its input by hash. Big files already on the server are
 registered where they lie (under allow-listed roots only) instead of being copied. Records live in the
-`datasets` table of `<root>/czb.sqlite`, the file the job store uses too (see `database`).
+`datasets` table of `<root>/czb.sqlite`, the file the job store uses too (see `database`). Deleting a record
+removes its stored file only once no record points at that file any more.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 import anndata as ad
 
 from czb_core.config import get_settings
-from czb_core.errors import InputError
+from czb_core.errors import ConfigError, InputError
 from czb_core.io.hashing import sha256_file
-from czb_core.io.reading import check_readable
+from czb_core.io.reading import check_dataset_file, check_suffix
 from czb_core.models.record import utc_now
 from czb_core.service.database import DB_NAME, add_missing_column, init_db, open_db
 
@@ -85,7 +86,7 @@ class Workspace:
         parent_sha256: Optional[str] = None, note: str = "",
     ) -> DatasetRecord:
         """Copy a readable file into the workspace; a file with known content returns its existing record."""
-        src = check_readable(src)
+        src = check_dataset_file(src)
         sha = sha256_file(src)
         dest = self._stored_path(sha, src.suffix)
         if not dest.exists():
@@ -100,26 +101,27 @@ class Workspace:
     ) -> DatasetRecord:
         """Stream an upload to disk while hashing, so the caller can drop its in-memory copy.
 
-        `max_bytes` defaults to the configured upload cap (`CZB_MAX_UPLOAD_MB`). An oversized or
-        unreadable upload leaves no file behind.
+        `max_bytes` defaults to the configured upload cap (`CZB_MAX_UPLOAD_MB`). An upload with a wrong
+        name is refused before it is read; an oversized or unreadable one leaves no file behind. An
+        in-memory upload (a BytesIO, as Streamlit's) is written from its buffer without another copy.
         """
-        name = Path(name).name  # a browser-supplied name must not pick the directory
+        name = Path(str(name).replace("\\", "/")).name  # a browser-supplied name must not pick the directory
+        if not name:
+            raise InputError("the upload has no file name; name the file NAME.h5ad or NAME.h5 and upload it again")
+        check_suffix(name)
         if max_bytes is None:
             max_bytes = get_settings().max_upload_mb << 20
-        seekable = getattr(fileobj, "seekable", None)
-        if seekable and seekable():
-            fileobj.seek(0)  # a page may have read the upload already
         digest, size = hashlib.sha256(), 0
         with self._incoming() as incoming:
-            tmp = incoming / name  # check_readable's messages then name the user's file
+            tmp = incoming / f"upload{Path(name).suffix.lower()}"  # any name the browser sends is a valid path
             with open(tmp, "wb") as out:
-                while block := fileobj.read(CHUNK_BYTES):
+                for block in upload_blocks(fileobj):
                     size += len(block)
                     if size > max_bytes:
                         raise InputError(f"{name} is larger than the {max_bytes / (1 << 20):,.4g} MB upload cap")
                     digest.update(block)
                     out.write(block)
-            check_readable(tmp)
+            check_dataset_file(tmp, name)
             sha = digest.hexdigest()
             dest = self._stored_path(sha, tmp.suffix)
             if not dest.exists():
@@ -150,7 +152,7 @@ class Workspace:
         storage), because jobs, caching and run records name datasets by content. If the file is later
         changed in place, `dataset_path` refuses it.
         """
-        src = check_readable(self.resolve_server_path(str(path)))
+        src = check_dataset_file(self.resolve_server_path(str(path)))
         return self._register(sha256_file(src), src.name, src, owner, None, "")
 
     def resolve_server_path(self, path: str, roots: Optional[Sequence[Path]] = None) -> Path:
@@ -161,7 +163,11 @@ class Workspace:
                 "opening files by server path is disabled; an administrator can allow folders by setting "
                 "CZB_DATA_ROOTS (directories separated by ':') before starting the app"
             )
-        resolved = Path(path).expanduser().resolve()
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError before Python 3.13, OSError after
+            raise InputError(f"{path}: cannot be followed ({exc}); a symbolic link in it points back at itself, "
+                             "ask an administrator to repair the link") from None
         if not any(resolved.is_relative_to(root) for root in roots):
             raise InputError(
                 f"{path} is outside the allowed data folders: {', '.join(str(r) for r in roots)}"
@@ -210,7 +216,44 @@ class Workspace:
             )
         return record.path
 
+    # -- deleting ----------------------------------------------------------------------------------
+
+    def delete_dataset(self, sha256: str, scope: Optional[str] = None) -> DatasetRecord:
+        """Remove one owner's record of a dataset and that owner's runs on it (records, scores, share links,
+        artifacts); the stored file goes only when no record is left that points at it.
+
+        Another user's copy of the same upload is a record of its own and keeps the file; a file registered
+        by server path belongs to the lab and is never removed; a version derived from this dataset is a
+        file of its own and stays, still naming this one as its parent. Refused while a run of the dataset
+        is queued or running (cancel it first), before anything is removed. KeyError ("not found") when
+        `scope` has no record of it. Returns the removed record.
+        """
+        from czb_core.service.jobs.store import JobStore  # not at the top: the jobs package imports this module
+
+        record = self.get(sha256, scope)
+        store = JobStore(self.db_path)
+        jobs = store.list(dataset_sha256=sha256, owner=record.owner)
+        busy = [job.id for job in jobs if not job.is_finished]
+        if busy:
+            raise ConfigError(f"{record.name} has runs queued or running ({', '.join(busy)}); cancel them before "
+                              "deleting the dataset")
+        for job in jobs:
+            store.delete_job(job.id, record.owner)
+        with open_db(self.db_path, immediate=True) as conn:  # the write lock: no upload registers meanwhile
+            conn.execute("DELETE FROM datasets WHERE sha256 = ? AND owner = ?", (sha256, record.owner))
+            if self.is_stored_copy(record.path) and not self._points_at(conn, record.path):
+                record.path.unlink(missing_ok=True)
+        return record
+
+    def is_stored_copy(self, path: Path) -> bool:
+        """Whether `path` is one of the workspace's own copies (server files are the lab's, never removed)."""
+        return path.parent.resolve() == self.datasets_dir.resolve()
+
     # -- internals ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _points_at(conn: sqlite3.Connection, path: Path) -> bool:
+        return conn.execute("SELECT 1 FROM datasets WHERE path = ? LIMIT 1", (str(path),)).fetchone() is not None
 
     def _stored_path(self, sha: str, suffix: str) -> Path:
         return self.datasets_dir / f"{sha}{suffix.lower()}"
@@ -231,15 +274,37 @@ class Workspace:
     def _register(
         self, sha: str, name: str, path: Path, owner: Optional[str], parent_sha256: Optional[str], note: str,
     ) -> DatasetRecord:
-        """Insert unless this owner has the content already (their first record of it is kept)."""
+        """Insert unless this owner has the content already (their first record of it is kept).
+
+        Under the write lock, so a deletion cannot remove the file between this check and the insert.
+        """
         owner = owner or get_settings().user
-        with open_db(self.db_path) as conn:
+        with open_db(self.db_path, immediate=True) as conn:
+            if not path.exists():
+                raise InputError(f"{name}: its stored file was removed by a deletion while it was being added; "
+                                 "add it again")
             conn.execute(
                 "INSERT OR IGNORE INTO datasets (sha256, name, path, owner, created_at, size_bytes, parent_sha256, "
                 "note) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (sha, name, str(path), owner, utc_now(), path.stat().st_size, parent_sha256, note),
             )
         return self.get(sha, owner)
+
+
+def upload_blocks(fileobj: BinaryIO) -> Iterator[bytes | memoryview]:
+    """The stream from its start in blocks of `CHUNK_BYTES`: views into an in-memory buffer (no copy),
+    else reads (a page may have read the upload already, so a seekable stream is rewound first)."""
+    getbuffer = getattr(fileobj, "getbuffer", None)
+    if getbuffer is not None:
+        with getbuffer() as view:
+            for start in range(0, len(view), CHUNK_BYTES):
+                yield view[start:start + CHUNK_BYTES]
+        return
+    seekable = getattr(fileobj, "seekable", None)
+    if seekable and seekable():
+        fileobj.seek(0)
+    while block := fileobj.read(CHUNK_BYTES):
+        yield block
 
 
 def key_by_owner(db_path: Path) -> None:

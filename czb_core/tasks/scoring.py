@@ -13,6 +13,7 @@ dataset's sha256 it takes the baseline's results from the baseline-metrics cache
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import resource
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from czb_core.progress import ProgressCallback, no_progress
-from czb_core.tasks.baseline_metrics import BaselineSource
+from czb_core.tasks.baseline_metrics import BaselineSource, store_baseline_results
 from czb_core.tasks.baseline_metrics import baseline_results as cached_baseline_results
 from czb_core.tasks.batch_integration import batch_integration_metrics
 from czb_core.tasks.clustering import clustering_metrics, leiden_clusters
@@ -213,9 +214,13 @@ def run_with_baseline(
             test=test_value, tasks=None if tasks is None else tuple(tasks), seed=seed, max_cells=max_cells,
         )
         model_results = run_prepared(emb_nd, inputs, seed, progress, model, dataset)
-        baseline_results = cached_baseline_results(
-            dataset_sha256, options, obs, checked_baseline, progress, baseline_model, dataset
-        )
+        if baseline_emb_nd is emb_nd:  # the run is the baseline (a default PCA run): its results are the baseline's
+            baseline_results = [dataclasses.replace(r, model=dict(baseline_model)) for r in model_results]
+            store_baseline_results(dataset_sha256, options, obs, baseline_results)
+        else:
+            baseline_results = cached_baseline_results(
+                dataset_sha256, options, obs, checked_baseline, progress, baseline_model, dataset
+            )
     return model_results, baseline_results, results_table(model_results, baseline_results)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from czb_core.errors import ConfigError
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
 from czb_core.models.params import Param
+from czb_core.models.prediction import CONTROL_CELL_COLUMN
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager, DataNeeds
 from czb_core.schema.report import Severity, ValidationReport
@@ -31,14 +32,13 @@ from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.tasks.perturbation import log_normalize, predicted_effect
 from czb_core.types import ModelType, Organism
 from model_runners.scgenept.perturbation import (
-    flags_of, parse_perturbation, read_training_conditions, trained_genes, unknown_genes_message,
+    CONTROL, flags_of, parse_perturbation, read_training_conditions, trained_genes, unknown_genes_message,
 )
 from model_runners.scgpt.files import Vocab, load_vocab
 from model_runners.scgpt.inference import PRECISIONS
 
 VOCAB = "vocab"
 TRAINING_DATA = "training_data"
-CONTROL_CELL_COLUMN = "control_cell"
 N_TOP_FACTS = 5
 
 
@@ -106,6 +106,14 @@ class ScgeneptValidator(BaseSingleCellValidator):
 
     def vocabulary(self, weights_dirs: dict[str, Path]) -> Optional[set[str]]:
         return set(self.read_vocab(weights_dirs).gene_names)
+
+    def perturbation_choices(self) -> Optional[list[str]]:
+        """The perturbations of the variant's training screen (`A+ctrl`, `A+B`), once its training data is on
+        this server (a form then offers only these); None before."""
+        uri = self.variant_config.weights.get(TRAINING_DATA)
+        if uri is None or not self.weights_cache.is_cached(uri):
+            return None
+        return [c for c in read_training_conditions(self.weights_cache.fetch(uri)) if c != CONTROL]
 
     @staticmethod
     def read_vocab(weights_dirs: dict[str, Path]) -> Vocab:

@@ -35,8 +35,8 @@ def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_ad
     assert page.get_by_text("Ensembl ids").first.is_visible()
 
     page.get_by_role("link", name="2. Validate").click()
-    page.get_by_text("pca / default: can run").wait_for()
-    assert page.get_by_text("Compatibility", exact=True).is_visible()
+    page.get_by_text("PCA baseline: 3 of 3 variants can run").wait_for()
+    assert page.get_by_text("Compatibility matrix: every variant × every check").is_visible()
 
     page.get_by_role("link", name="3. Run").click()
     page.get_by_role("button", name="Run", exact=True).click()

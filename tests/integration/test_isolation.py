@@ -6,18 +6,14 @@ import sqlite3
 
 import pytest
 
-from czb_core.service.jobs import JobManager
 from czb_core.service.workspace import Workspace
 from tests.helpers.apptest import fresh_manager, page  # noqa: F401  (fixture)
-from tests.integration.test_jobs import FakeRun, wait_for
+from tests.integration.test_jobs import fake_manager, wait_for  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def manager(monkeypatch):
-    monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
-    m = JobManager(Workspace(), run_fn=FakeRun(), score=False, processes=False)
-    yield m
-    m.shutdown(timeout=5)
+def manager(fake_manager):
+    return fake_manager
 
 
 def test_identical_uploads_share_bytes_but_not_records(small_h5ad):

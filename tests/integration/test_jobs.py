@@ -60,7 +60,7 @@ def wait_for(manager, job_id, statuses, timeout=20.0):
     raise AssertionError(f"job {job_id} stayed {manager.get(job_id).status}, expected {statuses}")
 
 
-def wait_for_scores(manager, job_id, timeout=180.0):
+def wait_for_scores(manager, job_id, timeout=300.0):
     """The job's scoring runs once none is queued or running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,6 +69,15 @@ def wait_for_scores(manager, job_id, timeout=180.0):
             return scores
         time.sleep(0.05)
     raise AssertionError(f"scoring of job {job_id} did not finish: {[s.status for s in manager.scores(job_id)]}")
+
+
+@pytest.fixture
+def fake_manager(monkeypatch):
+    """A manager on worker threads with a stand-in model run and UMAP, without scoring: the job layer alone."""
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    manager = JobManager(Workspace(), run_fn=FakeRun(), score=False, processes=False)
+    yield manager
+    manager.shutdown(timeout=5)
 
 
 @pytest.fixture
@@ -270,7 +279,7 @@ def test_pca_baseline_through_the_manager(workspace, dataset, small_adata):
     manager = JobManager(workspace)
     try:
         job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10}).id,
-                       {"done", "failed", "cancelled"}, timeout=180)
+                       {"done", "failed", "cancelled"}, timeout=300)
         wait_for_scores(manager, job.id)
     finally:
         manager.shutdown()
@@ -301,7 +310,7 @@ def test_metrics_problems_leave_the_job_done(workspace, dataset):
     manager = JobManager(workspace)
     try:
         job = wait_for(manager, manager.submit(dataset.sha256, "pca", metrics={"label_key": "no_such_column"}).id,
-                       {"done", "failed", "cancelled"}, timeout=180)
+                       {"done", "failed", "cancelled"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
     finally:
         manager.shutdown()
@@ -332,7 +341,7 @@ def test_a_default_pca_run_becomes_the_cached_baseline(workspace, dataset):
 
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca").id, {"done", "failed", "cancelled"}, timeout=180)
+        job = wait_for(manager, manager.submit(dataset.sha256, "pca").id, {"done", "failed", "cancelled"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
     finally:
         manager.shutdown()
@@ -349,7 +358,7 @@ def test_rescoring_with_another_label_reuses_the_embedding(workspace, dataset):
     try:
         job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10},
                                                metrics={"label_key": "cell_type", **clustering}).id,
-                       {"done", "failed"}, timeout=180)
+                       {"done", "failed"}, timeout=300)
         (first,) = wait_for_scores(manager, job.id)
         second = manager.rescore(job.id, {"label_key": "tissue", **clustering})
         assert second.id != first.id
@@ -372,10 +381,56 @@ def test_choosing_no_batch_column_is_kept(workspace, dataset):
     try:
         job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10},
                                                metrics={"label_key": "cell_type", "batch_key": False}).id,
-                       {"done", "failed"}, timeout=180)
+                       {"done", "failed"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
     finally:
         manager.shutdown()
     document = score.document()
     assert document["options"]["batch_key"] is False
     assert "batch_integration" not in {r["task"] for r in document["table"]}
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """Two visible GPUs as torch reports them, and their free memory (what `free` holds, in bytes)."""
+    import torch
+
+    from czb_core.service.jobs import manager as manager_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    free = {"cuda:0": 80 * 2**30, "cuda:1": 80 * 2**30}
+    monkeypatch.setattr(manager_module, "gpu_free_bytes", lambda device: free[device])
+    return free
+
+
+def test_gpu_jobs_go_to_the_least_loaded_gpu(start, dataset, two_gpus):
+    manager = start(FakeRun(), start_workers=False)  # jobs stay queued: the loads only grow
+    assert manager.devices == ("cpu", "cuda:0", "cuda:1")
+    placed = [manager.submit(dataset.sha256, "geneformer", params={"seed": n}, score=False).device for n in range(4)]
+    assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    named = manager.submit(dataset.sha256, "geneformer", params={"seed": 9}, device="cuda:0", score=False)
+    assert named.device == "cuda:0"
+    assert manager.submit(dataset.sha256, "geneformer", params={"seed": 10}, score=False).device == "cuda:1"
+    assert manager.submit(dataset.sha256, "pca", score=False).device == "cpu"  # baselines stay on the CPU
+    with pytest.raises(ConfigError, match="no GPU cuda:2"):
+        manager.submit(dataset.sha256, "geneformer", params={"seed": 11}, device="cuda:2")
+
+
+def test_a_gpu_job_that_cannot_fit_is_refused_at_submit_with_the_fix(start, dataset, two_gpus):
+    manager = start(FakeRun(), start_workers=False)
+    two_gpus["cuda:0"] = 6 * 2**30
+    # Geneformer-V2-316M declares 1,259 MB of fp32 weights, 4,096 tokens per cell and 1,152 dimensions.
+    per_cell = 4096 * 4 * (4 * 1152 + 8 * 1152) + 4 * 1152
+    fits = (6 * 2**30 - 1259 * 2**20 - 512 * 2**20) // per_cell
+    with pytest.raises(ConfigError, match=rf"needs ~[\d.]+ GiB, GPU cuda:0 has 6.0 GiB free: lower batch_size to "
+                                          rf"{fits} or choose another GPU"):
+        manager.submit(dataset.sha256, "geneformer", params={"batch_size": 64}, device="cuda:0")
+    assert manager.list() == []  # nothing queued
+    job = manager.submit(dataset.sha256, "geneformer", params={"batch_size": fits}, device="cuda:0")
+    assert job.status == "queued" and "GPU memory estimated at" in job.notes[0] and "on cuda:0" in job.notes[0]
+    with pytest.raises(ConfigError, match="lower batch_size"):
+        manager.submit(dataset.sha256, "geneformer", params={"batch_size": fits + 1}, device="cuda:0")
+    two_gpus["cuda:1"] = 1 * 2**30  # not even the weights: no batch size helps
+    with pytest.raises(ConfigError, match="GPU cuda:1 has 1.0 GiB free .even at one cell per batch.: choose another"):
+        manager.submit(dataset.sha256, "geneformer", device="cuda:1")

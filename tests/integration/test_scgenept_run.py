@@ -8,9 +8,9 @@ sampled, normalised control cells.
 
 from __future__ import annotations
 
-import json
-
 import dataclasses
+import json
+import time
 
 import anndata as ad
 import numpy as np
@@ -141,14 +141,13 @@ def test_checkpoint_of_another_flavour_is_refused(config, served, perturb_h5ad, 
         run(swapped, perturb_h5ad, perturbation=f"{symbols[3]}+ctrl")
 
 
-def test_czb_perturb_predict_writes_the_prediction_and_the_job_layer_points_there(
+def test_czb_perturb_predict_writes_the_prediction_and_czb_benchmark_scores_it(
         config, perturb_h5ad, symbols, tmp_path, monkeypatch, capsys):
     from czb_core.cli import main
-    from czb_core.models import pipeline
-    from czb_core.service.jobs import JobManager
-    from czb_core.service.workspace import Workspace
+    from czb_core.models import pipeline, prediction
 
-    monkeypatch.setattr(pipeline, "get_model", lambda name: config)  # the tiny variants on the loopback S3
+    for module in (pipeline, prediction):  # the tiny variants on the loopback S3
+        monkeypatch.setattr(module, "get_model", lambda name: config)
     out = tmp_path / "pred.h5ad"
     code = main(["perturb-predict", str(perturb_h5ad), "--variant", "go", "--perturbation", f"{symbols[3]}+ctrl",
                  "--n-cells", "6", "--seed", "2", "--device", "cpu", "--out", str(out)])
@@ -175,7 +174,57 @@ def test_czb_perturb_predict_writes_the_prediction_and_the_job_layer_points_ther
     assert table[("mean_squared_error", "all")]["no change"] == pytest.approx(np.mean((truth_g - control_g) ** 2))
     assert "mean perturbation effect" not in table[("mean_squared_error", "all")]  # no other condition here
     assert "no other perturbed condition" in printed.err
-    manager = JobManager(Workspace(), start_workers=False)
-    record = Workspace().add_file(perturb_h5ad)
-    with pytest.raises(ConfigError, match="czb perturb-predict"):
-        manager.submit(record.sha256, "scgenept")
+
+
+def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page_reads_it(
+        config, perturb_h5ad, symbols, monkeypatch, tmp_path):
+    """Through the job manager (worker threads): the prediction is stored, offered in its own formats and
+    shown on the Results page with the observed change beside the predicted one."""
+    import streamlit as st
+
+    from czb_core.models import pipeline, prediction
+    from czb_core.service.jobs import JobManager, artifacts, manager as manager_module
+    from czb_core.service.workspace import Workspace
+    from tests.helpers.apptest import page
+
+    for module in (pipeline, prediction, manager_module):
+        monkeypatch.setattr(module, "get_model", lambda name: config)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    adata = ad.read_h5ad(perturb_h5ad)
+    adata.obs["condition"] = adata.obs["condition"].astype(str).replace("X+ctrl", f"{symbols[3]}+ctrl")
+    path = tmp_path / "perturbed.h5ad"
+    adata.write_h5ad(path)
+    workspace = Workspace()
+    sha = workspace.add_file(path).sha256
+    manager = JobManager(workspace, processes=False)
+    try:
+        job = manager.submit(sha, "scgenept", "go", params={"perturbation": f"{symbols[3]}+ctrl", "n_cells": 6},
+                             metrics={"label_key": "condition"})
+        deadline = time.monotonic() + 120
+        while (job := manager.get(job.id)).status not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.status == "done", job.error
+        assert manager.scores(job.id) == []  # no embedding metrics for predicted expression
+        directory = job.artifact_dir
+        assert artifacts.is_complete(directory) and not (directory / artifacts.UMAP_NPY).exists()
+        assert artifacts.formats_of(directory) == ["prediction (h5ad)", "run record (JSON)"]
+        name, _, data = artifacts.export_bytes(directory, "prediction (h5ad)")
+        assert name == "prediction.h5ad" and data == (directory / artifacts.EMBEDDING_H5AD).read_bytes()
+        # the run fetched the training screen: the Run page now offers exactly its perturbations
+        assert Scgenept(config, "go").perturbation_choices() == sorted(
+            [f"{symbols[3]}+ctrl", f"{symbols[5]}+ctrl", f"{symbols[3]}+{symbols[7]}", "NOTINDATA+ctrl"])
+    finally:
+        manager.shutdown(timeout=5)
+    monkeypatch.setattr("pages.common.JobManager", lambda: JobManager(workspace, start_workers=False))
+    at = page("results", dataset=sha)
+    assert not at.exception, at.exception
+    assert "Perturbation predictions" in [s.value for s in at.subheader]
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "Top 20 predicted increases" in markdown and "Metrics against the observed cells" in markdown
+    up, down, metrics = (d.value for d in at.dataframe)  # in page order (a plain table keeps no key here)
+    assert {"model", "no change"} <= set(metrics.columns)
+    assert list(up.columns) == ["gene", "control_mean", "predicted_mean", "change"] and (up["change"].diff().dropna() <= 0).all()
+    assert (down["change"].diff().dropna() >= 0).all() and down["change"].iloc[0] <= up["change"].iloc[-1]
+    st.cache_resource.clear()
+    st.cache_data.clear()

@@ -28,3 +28,9 @@ def test_malformed_config_names_the_file(tmp_path):
     path.write_text("display_name: X\nmodels: {a: {}}\n")  # no model_type
     with pytest.raises(ConfigError, match="malformed model config"):
         _parse("x", path)
+
+
+def test_embedding_size_is_stated_per_variant_where_it_differs():
+    scvi = get_model("scvi")
+    assert scvi.embedding_dim("fit") == 10 and scvi.embedding_dim("homo_sapiens") == 50
+    assert get_model("pca").embedding_dim() == get_model("pca").card.embedding_dim

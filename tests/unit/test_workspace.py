@@ -127,3 +127,17 @@ def test_workspace_and_job_store_share_one_sqlite_file(small_h5ad):
     assert ws.db_path == ws.root / "czb.sqlite"
     with sqlite3.connect(ws.db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_deleting_a_record_removes_the_file_with_its_last_record(small_h5ad):
+    ws = Workspace()
+    ana = ws.add_file(small_h5ad, owner="ana")
+    ws.add_file(small_h5ad, owner="ben")
+    with pytest.raises(KeyError, match="not found"):
+        ws.delete_dataset(ana.sha256, "cleo")
+    assert ws.delete_dataset(ana.sha256, "ana") == ana
+    assert stored_files(ws) == [ana.path] and [r.owner for r in ws.list()] == ["ben"]
+    ws.delete_dataset(ana.sha256, "ben")
+    assert stored_files(ws) == [] and ws.list() == []
+    again = ws.add_file(small_h5ad, owner="ana")  # the same bytes can be added again afterwards
+    assert again.path == ana.path and ws.dataset_path(again.sha256, "ana").is_file()

@@ -1,29 +1,46 @@
-"""Running one claimed job: embed (halving the batch size after a GPU out-of-memory error), UMAP, artifacts.
+"""Running one claimed job in two stages: embed (halving the batch size after a GPU out-of-memory error)
+on its device, then UMAP and the finished artifacts in the CPU pool.
 
-The same `JobRunner` runs inside a worker process (the server's default, see `workers.py`) or on a thread
-of the process that owns the manager (tests with fake runs). Cancellation always goes through the job
-store: the manager sets the job's cancel flag, and a watcher thread here turns it into the run's
-`CancelToken`, which the model checks between batches. Whatever a job raises fails that job only.
+`JobRunner.run` (the device worker) writes `embedding.h5ad` and the run record so far
+(`record.pending.json`), then hands the job to the CPU pool (`JobStore.hand_to_cpu`) and is free for the
+next job: a GPU queue never waits for a UMAP. `JobRunner.finish` (a CPU pool worker, `cpu_pool.py`)
+reads the embedding back, computes the UMAP with the run's seed and writes `umap.npy` and `record.json`
+(last, the mark of a complete set), the same files one process used to write.
+
+Both run inside worker processes (the server's default, see `workers.py`) or on threads of the process
+that owns the manager (tests with fake runs). Cancellation always goes through the job store: the
+manager sets the job's cancel flag, and a watcher thread here turns it into the run's `CancelToken`,
+which the model checks between batches. Whatever a job raises fails that job only.
+
+A tokenizer-lab training (`LAB_MODEL`, see `czb_core.tokenizer_lab.jobs`) is one stage: its device worker
+trains (with the same out-of-memory retries), saves the trained model and `lab_run.json`, and writes
+`record.json` itself; it has no UMAP for the CPU pool.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
 import time
+from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
 from czb_core.errors import Cancelled, CzbError, DeviceOutOfMemory
 from czb_core.models.device import free_cuda_cache
-from czb_core.models.pipeline import RunResult, write_run_h5ad
+from czb_core.models.pipeline import RunResult, write_extras, write_run_h5ad
+from czb_core.models.record import utc_now
 from czb_core.progress import CancelToken, ProgressCallback, Throttle
-from czb_core.service.jobs.artifacts import EMBEDDING_H5AD, RECORD_JSON, UMAP_NPY, record_json
+from czb_core.io.atomic import write_bytes_atomically
+from czb_core.service.jobs.artifacts import (EMBEDDING_H5AD, PENDING_RECORD_JSON, RECORD_JSON, UMAP_NPY,
+                                             is_prediction_record, read_embedding, record_json)
 from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, Job, JobStore
 from czb_core.service.workspace import Workspace
+from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
 from czb_core.viz.umap import compute_umap
 
@@ -31,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
 CANCEL_POLL_S = 0.2
+T = TypeVar("T")
 
 
 def error_message(exc: BaseException) -> str:
@@ -38,25 +56,40 @@ def error_message(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, CzbError) else f"{type(exc).__name__}: {exc}"
 
 
+def strip_step_detail(step: str) -> str:
+    """A step without its bracketed detail: `train epoch [val MCC 0.412, ...]` is the step `train epoch`,
+    whose detail changes from one report to the next without starting the step over."""
+    return step.partition(" [")[0]
+
+
 class StoreProgress:
     """A run's progress callback: writes to the store as a `Throttle` allows, so a fast batch loop does not
-    hammer SQLite. It also adds up the time spent in each named step (from one step change to the next),
-    for the run record's `step_seconds`."""
+    hammer SQLite, with the time its step began (a step begins again when its count goes back, as after an
+    out-of-memory retry), from which a page derives the step's rate and ETA. It also adds up the time spent
+    in each named step (from one step change to the next), for the run record's `step_seconds`; a step's
+    bracketed detail (`strip_step_detail`) is stored with it but names no step of its own."""
 
     def __init__(self, store: JobStore, job_id: str, interval: float = PROGRESS_INTERVAL_S):
         self.store, self.job_id = store, job_id
         self.throttle = Throttle(interval)
         self._step: Optional[str] = None
         self._step_started = 0.0
+        self._step_started_at: Optional[str] = None
+        self._done = 0.0
         self.step_seconds: dict[str, float] = {}
 
     def __call__(self, step: str, done: float, total: Optional[float]) -> None:
-        if step != self._step:
+        name = strip_step_detail(step)
+        if name != self._step:
             now = time.monotonic()
             self._close_step(now)
-            self._step, self._step_started = step, now
+            self._step, self._step_started = name, now
+            self._step_started_at = utc_now()
+        elif done < self._done:
+            self._step_started_at = utc_now()
+        self._done = done
         if self.throttle.allow(step, done, total):
-            self.store.update_progress(self.job_id, step, done, total)
+            self.store.update_progress(self.job_id, step, done, total, self._step_started_at)
 
     def _close_step(self, now: float) -> None:
         if self._step is not None:
@@ -71,21 +104,58 @@ class StoreProgress:
 
 
 class JobRunner:
-    """Runs claimed jobs with `run_fn` (`czb_core.models.pipeline.embed_file`, or a test's stand-in)."""
+    """Runs claimed jobs with `run_fn` (`czb_core.models.pipeline.embed_file`, or a test's stand-in; the
+    CPU stage needs none); `on_handoff` is called when an embedded job waits for the CPU pool (to wake pool threads at once)."""
 
-    def __init__(self, workspace: Workspace, store: JobStore, run_fn: Callable):
-        self.workspace, self.store, self.run_fn = workspace, store, run_fn
+    def __init__(self, workspace: Workspace, store: JobStore, run_fn: Optional[Callable] = None,
+                 on_handoff: Callable[[], None] = lambda: None):
+        self.workspace, self.store, self.run_fn, self.on_handoff = workspace, store, run_fn, on_handoff
 
     def run(self, job: Job) -> None:
+        """The device stage: embed and save the embedding, then hand the job to the CPU pool. A tokenizer-lab
+        training leaves nothing for the pool (no UMAP, no metrics): its device stage completes it."""
+        if job.model == LAB_MODEL:
+            if self._guarded(job, partial(self._train_lab, job)):
+                self.store.set_status(job.id, DONE, message="done", artifact_dir=self.artifact_dir(job))
+            return
+
+        def embed(token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:
+            result = self._embed(job, token, progress)
+            self._save_embedding(job, result, artifact_dir, token, progress)
+
+        if self._guarded(job, embed):
+            self.store.hand_to_cpu(job.id)
+            self.on_handoff()
+
+    def run_next(self, device: str, worker_pid: int) -> bool:
+        """Claim and run the device's oldest queued job; False when there was none."""
+        job = self.store.claim_next(device, worker_pid)
+        if job is None:
+            return False
+        self.run(job)
+        return True
+
+    def finish(self, job: Job) -> None:
+        """The CPU stage: UMAP and the complete set of artifacts; the job is then done."""
+        if self._guarded(job, self._save_umap, cancelled=job.cancel_requested):
+            self.store.set_status(job.id, DONE, message="done", artifact_dir=self.artifact_dir(job))
+
+    def artifact_dir(self, job: Job) -> Path:
+        return self.workspace.root / "jobs" / job.id
+
+    def _guarded(self, job: Job, stage: Callable, cancelled: bool = False) -> bool:
+        """Run one stage with the job's cancel flag watched; a cancel or an error ends the job (its files
+        removed). Returns whether the stage completed."""
         token = CancelToken()
+        if cancelled:
+            token.cancel()
         watching = threading.Event()
         watcher = threading.Thread(target=self._watch_cancel, args=(job.id, token, watching), daemon=True)
         watcher.start()
-        progress = StoreProgress(self.store, job.id)
-        artifact_dir = self.workspace.root / "jobs" / job.id
+        artifact_dir = self.artifact_dir(job)
         try:
-            result = self._embed(job, token, progress)
-            self._save(job, result, artifact_dir, token, progress)
+            token.check()
+            stage(token, StoreProgress(self.store, job.id), artifact_dir)
         except Cancelled:
             shutil.rmtree(artifact_dir, ignore_errors=True)
             self.store.set_status(job.id, CANCELLED, message="cancelled")
@@ -94,9 +164,10 @@ class JobRunner:
             shutil.rmtree(artifact_dir, ignore_errors=True)
             self.store.set_status(job.id, FAILED, message="failed", error=error_message(exc))
         else:
-            self.store.set_status(job.id, DONE, message="done", artifact_dir=artifact_dir)
+            return True
         finally:
             watching.set()
+        return False
 
     def _watch_cancel(self, job_id: str, token: CancelToken, done: threading.Event) -> None:
         """Turn the job's cancel flag in the store into its token (the run checks it between batches)."""
@@ -110,18 +181,45 @@ class JobRunner:
                 return
 
     def _embed(self, job: Job, token: CancelToken, progress: ProgressCallback) -> RunResult:
-        """`run_fn`, halving the batch size the runner used after each CUDA out-of-memory error, down to 1."""
+        """`run_fn`, with the out-of-memory retries of `_halving_batch_on_oom`."""
         spec = job.spec
         path = self.workspace.dataset_path(spec.dataset_sha256)
         organism = Organism.parse(spec.organism) if spec.organism else None
-        params = dict(spec.params)
         token.check()
+        return self._halving_batch_on_oom(job, lambda params: self.run_fn(
+            path, spec.model, spec.variant, organism=organism, params=params, weights=spec.weights,
+            device=job.device, progress=progress, cancel=token, input_sha256=spec.dataset_sha256,
+        ))
+
+    def _train_lab(self, job: Job, token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:
+        """One tokenizer-lab training: the data prepared once, trained with the out-of-memory retries of an
+        embedding, its files saved, then `record.json` last."""
+        from czb_core.tokenizer_lab.jobs import prepare_lab_job, save_lab_run, train_lab_job  # torch: lab jobs only
+
+        spec = job.spec
+        path = self.workspace.dataset_path(spec.dataset_sha256)
+        token.check()
+        prepared = prepare_lab_job(path, spec.variant, spec.params, spec.organism, progress, token)
+        trained = self._halving_batch_on_oom(
+            job, lambda params: train_lab_job(prepared, params, job.device, progress, token))
+        token.check()
+        record = save_lab_run(trained, artifact_dir, spec)
+        record["job"] = {**self._job_facts(job), "notes": self.store.get(job.id).notes,
+                         "step_seconds": progress.finish()}
+        write_bytes_atomically(artifact_dir / RECORD_JSON, record_json(record))
+
+    @staticmethod
+    def _job_facts(job: Job) -> dict:
+        """The job a run record belongs to."""
+        return {"id": job.id, "owner": job.owner, "spec_key": job.spec_key, "device": job.device}
+
+    def _halving_batch_on_oom(self, job: Job, attempt: Callable[[dict], T]) -> T:
+        """`attempt(params)` with the job's parameters, again at half the batch size the run used after each
+        CUDA out-of-memory error, down to 1; each retry is noted on the job."""
+        params = dict(job.spec.params)
         while True:
             try:
-                return self.run_fn(
-                    path, spec.model, spec.variant, organism=organism, params=params, weights=spec.weights,
-                    device=job.device, progress=progress, cancel=token, input_sha256=spec.dataset_sha256,
-                )
+                return attempt(params)
             except DeviceOutOfMemory as exc:
                 batch = exc.batch_size
             free_cuda_cache()  # out of the except block: the traceback holding the GPU tensors is gone
@@ -133,21 +231,33 @@ class JobRunner:
             params["batch_size"] = batch // 2
             self.store.add_note(job.id, f"CUDA out of memory at batch size {batch}; retried at {batch // 2}")
 
-    def _save(
+    def _save_embedding(
         self, job: Job, result: RunResult, artifact_dir: Path, token: CancelToken, progress: StoreProgress,
     ) -> None:
-        """UMAP and artifacts; `record.json` last, as the mark of a complete set."""
+        """`embedding.h5ad` (a prediction's too), its side outputs (`embedding.extras.npz`, e.g. contextual
+        gene embeddings) and the record so far (with the device stage's step times) for the CPU stage."""
         token.check()
-        progress("umap", 0, 1)
-        umap_n2 = compute_umap(result.emb_nd, seed=int(result.record.get("seed") or 0))
-        progress("umap", 1, 1)
-        token.check()
-        result.record["job"] = {
-            "id": job.id, "owner": job.owner, "spec_key": job.spec_key, "device": job.device,
-            "notes": self.store.get(job.id).notes,
-        }
+        result.record["job"] = self._job_facts(job)
         artifact_dir.mkdir(parents=True, exist_ok=True)
         write_run_h5ad(result, artifact_dir / EMBEDDING_H5AD)
-        np.save(artifact_dir / UMAP_NPY, umap_n2)
+        write_extras(result, artifact_dir / EMBEDDING_H5AD)
         result.record["job"]["step_seconds"] = progress.finish()
-        (artifact_dir / RECORD_JSON).write_bytes(record_json(result.record))
+        write_bytes_atomically(artifact_dir / PENDING_RECORD_JSON, record_json(result.record))
+
+    def _save_umap(self, token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:
+        """UMAP of the saved embedding with the run's seed (a prediction has no cells to lay out); `record.json`
+        last, as the mark of a complete set."""
+        record = json.loads((artifact_dir / PENDING_RECORD_JSON).read_text())
+        if not is_prediction_record(record):
+            emb_nd, _, _ = read_embedding(artifact_dir)
+            progress("umap", 0, 1)
+            umap_n2 = compute_umap(emb_nd, seed=int(record.get("seed") or 0))
+            progress("umap", 1, 1)
+            token.check()
+            np.save(artifact_dir / UMAP_NPY, umap_n2)
+        job = record["job"]
+        step_seconds = {**job.pop("step_seconds"), **progress.finish()}
+        job["notes"] = self.store.get(job["id"]).notes
+        job["step_seconds"] = step_seconds
+        (artifact_dir / RECORD_JSON).write_bytes(record_json(record))
+        (artifact_dir / PENDING_RECORD_JSON).unlink()

@@ -1,4 +1,4 @@
-"""Scoring runs: a finished embedding scored with a set of metric options, on a CPU thread of its own.
+"""Scoring runs: a finished embedding scored with a set of metric options, in the CPU pool (`cpu_pool.py`).
 
 Scoring is apart from embedding: a job's cache key names only the embedding, and choosing another label
 column is a new scoring run that reuses the embedding and the dataset's cached PCA baseline (whose metrics
@@ -11,9 +11,8 @@ fails the scoring run only: the embedding is still good.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from czb_core.errors import CzbError
 from czb_core.io.atomic import write_json_atomically
@@ -27,22 +26,14 @@ from czb_core.tasks.scoring import score_embedding
 from czb_core.types import Organism
 
 log = logging.getLogger(__name__)
-IDLE_POLL_S = 1.0
 PROGRESS_INTERVAL_S = 0.25
 
 
 class Scorer:
-    """Queues scoring runs in the job store and runs them one at a time on its own thread."""
+    """Queues scoring runs in the job store; the CPU pool runs them (`wake` tells it one is there)."""
 
-    def __init__(self, workspace: Workspace, store: JobStore, start: bool = True):
-        self.workspace, self.store = workspace, store
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self.thread: Optional[threading.Thread] = None
-        if start:
-            self.store.requeue_running_scores()
-            self.thread = threading.Thread(target=self._work, name="czb-scorer", daemon=True)
-            self.thread.start()
+    def __init__(self, store: JobStore, wake: Callable[[], None] = lambda: None):
+        self.store, self.wake = store, wake
 
     def score(self, job: Job, options: MetricOptions, owner: str) -> Score:
         """The scoring run of `job` with `options`: an existing one (done, queued or running), else a new one."""
@@ -53,61 +44,43 @@ class Scorer:
         self.wake()
         return score
 
-    def wake(self) -> None:
-        self._wake.set()
 
-    def shutdown(self, timeout: float) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+def run_score(workspace: Workspace, store: JobStore, score: Score) -> None:
+    """Compute and write one claimed scoring run; whatever goes wrong fails that run only."""
+    job = store.get(score.job_id)
+    throttle = Throttle(PROGRESS_INTERVAL_S)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                score = self.store.claim_next_score()
-                if score is not None:
-                    self._run(score)
-                    continue
-            except Exception:  # the store itself failed: keep the thread alive
-                log.exception("scorer: job store error")
-            self._wake.wait(IDLE_POLL_S)
-            self._wake.clear()
+    def progress(step: str, done: float, total: Optional[float]) -> None:
+        if throttle.allow(step, done, total):
+            store.update_score_progress(score.id, step, done, total)
 
-    def _run(self, score: Score) -> None:
-        job = self.store.get(score.job_id)
-        throttle = Throttle(PROGRESS_INTERVAL_S)
+    try:
+        document = score_document(workspace, job, score.options, progress)
+        path = write_json_atomically(Path(job.artifact_dir) / METRICS_DIR / f"{score.options_key}.json",
+                                     document, indent=2, default=str)
+    except (CzbError, ValueError, KeyError) as exc:
+        store.finish_score(score.id, FAILED, error=str(exc))
+        store.add_note(job.id, f"metrics not computed: {exc}")
+    except Exception as exc:  # a bug in a metric must not end the CPU worker
+        log.exception("scoring %s of job %s failed", score.id, job.id)
+        store.finish_score(score.id, FAILED, error=f"{type(exc).__name__}: {exc}")
+    else:
+        store.finish_score(score.id, DONE, document_path=path)
 
-        def progress(step: str, done: float, total: Optional[float]) -> None:
-            if throttle.allow(step, done, total):
-                self.store.update_score_progress(score.id, step, done, total)
 
-        try:
-            document = self.document(job, score.options, progress)
-            path = write_json_atomically(Path(job.artifact_dir) / METRICS_DIR / f"{score.options_key}.json",
-                                         document, indent=2, default=str)
-        except (CzbError, ValueError, KeyError) as exc:
-            self.store.finish_score(score.id, FAILED, error=str(exc))
-            self.store.add_note(job.id, f"metrics not computed: {exc}")
-        except Exception as exc:  # a bug in a metric must not end the scoring thread
-            log.exception("scoring %s of job %s failed", score.id, job.id)
-            self.store.finish_score(score.id, FAILED, error=f"{type(exc).__name__}: {exc}")
-        else:
-            self.store.finish_score(score.id, DONE, document_path=path)
-
-    def document(self, job: Job, options: MetricOptions, progress) -> dict:
-        """Score the job's embedding beside the dataset's PCA baseline (a default PCA run is that baseline)."""
-        emb_nd, obs, _ = read_embedding(job.artifact_dir)
-        record = read_record(job.artifact_dir)
-        sha = job.spec.dataset_sha256
-        if is_the_baseline(record):  # keep it as the dataset's baseline instead of computing it again
-            store_baseline(sha, emb_nd)
-            baseline = emb_nd
-        else:
-            organism = Organism.parse(job.spec.organism) if job.spec.organism else None
-            path = self.workspace.dataset_path(sha)
-            baseline = lambda: baseline_embedding(path, sha, organism, progress)  # noqa: E731  (only on a cache miss)
-        dataset = {"name": self.workspace.get(sha).name, "organism": record.get("organism") or ""}
-        model = {"type": record["model_type"], "variant": record["variant"], "name_display": record["display_name"]}
-        return score_embedding(emb_nd, obs, options, baseline, dataset_sha256=sha, model=model, dataset=dataset,
-                               progress=progress)
+def score_document(workspace: Workspace, job: Job, options: MetricOptions, progress) -> dict:
+    """Score the job's embedding beside the dataset's PCA baseline (a default PCA run is that baseline)."""
+    emb_nd, obs, _ = read_embedding(job.artifact_dir)
+    record = read_record(job.artifact_dir)
+    sha = job.spec.dataset_sha256
+    if is_the_baseline(record):  # keep it as the dataset's baseline instead of computing it again
+        store_baseline(sha, emb_nd)
+        baseline = emb_nd
+    else:
+        organism = Organism.parse(job.spec.organism) if job.spec.organism else None
+        path = workspace.dataset_path(sha)
+        baseline = lambda: baseline_embedding(path, sha, organism, progress)  # noqa: E731  (only on a cache miss)
+    dataset = {"name": workspace.get(sha).name, "organism": record.get("organism") or ""}
+    model = {"type": record["model_type"], "variant": record["variant"], "name_display": record["display_name"]}
+    return score_embedding(emb_nd, obs, options, baseline, dataset_sha256=sha, model=model, dataset=dataset,
+                           progress=progress)

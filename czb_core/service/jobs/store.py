@@ -8,12 +8,14 @@ its own short transaction (see `czb_core.service.database.open_db`), so any thre
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from czb_core.errors import ConfigError
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.tasks.options import MetricOptions
 from czb_core.models.record import utc_now
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     finished_at TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    worker_pid INTEGER
+    worker_pid INTEGER,
+    step_started_at TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device);
 CREATE INDEX IF NOT EXISTS jobs_spec_key ON jobs (spec_key);
@@ -94,6 +97,8 @@ class Job:
     finished_at: Optional[str] = None
     cancel_requested: bool = False
     worker_pid: Optional[int] = None  # the process running it
+    step_started_at: Optional[str] = None  # when the current step began: its rate so far gives the ETA
+    cpu_stage: Optional[str] = None  # embedded, its UMAP "queued" for or "running" in the CPU pool; None before
 
     @property
     def is_finished(self) -> bool:
@@ -135,6 +140,7 @@ class Score:
     document_path: Optional[Path] = None
     created_at: str = ""
     finished_at: Optional[str] = None
+    worker_pid: Optional[int] = None  # the CPU pool process scoring it
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Score":
@@ -153,6 +159,9 @@ class JobStore:
         self.db_path = Path(db_path)
         init_db(self.db_path, SCHEMA)
         add_missing_column(self.db_path, "jobs", "worker_pid", "INTEGER")  # databases made before it existed
+        add_missing_column(self.db_path, "jobs", "step_started_at", "TEXT")
+        add_missing_column(self.db_path, "jobs", "cpu_stage", "TEXT")
+        add_missing_column(self.db_path, "scores", "worker_pid", "INTEGER")
 
     def create(self, spec: JobSpec, owner: str, device: str) -> Job:
         job_id = uuid.uuid4().hex[:12]
@@ -191,14 +200,17 @@ class JobStore:
             rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY rowid DESC", args).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def queue_position(self, job_id: str) -> Optional[int]:
-        """1 for the next job its device will take; None unless the job is queued."""
+    def queue_position(self, job_id: str, owner: Optional[str] = None) -> Optional[int]:
+        """1 for the next job its device will take; None unless the job is queued. With `owner`, the place
+        among that owner's queued jobs only (what a user can see; the difference is other users' jobs ahead)."""
+        query = ("SELECT COUNT(*) FROM jobs AS other, jobs AS me WHERE me.id = ? AND me.status = ? "
+                 "AND other.status = ? AND other.device = me.device AND other.rowid <= me.rowid")
+        args = [job_id, QUEUED, QUEUED]
+        if owner is not None:
+            query += " AND other.owner = ?"
+            args.append(owner)
         with open_db(self.db_path) as conn:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM jobs AS other, jobs AS me WHERE me.id = ? AND me.status = ? "
-                "AND other.status = ? AND other.device = me.device AND other.rowid <= me.rowid",
-                (job_id, QUEUED, QUEUED),
-            ).fetchone()
+            row = conn.execute(query, args).fetchone()
         return row[0] or None
 
     def claim_next(self, device: str, worker_pid: Optional[int] = None) -> Optional[Job]:
@@ -215,11 +227,44 @@ class JobStore:
             )
         return self.get(row["id"])
 
-    def update_progress(self, job_id: str, step: str, done: float, total: Optional[float]) -> None:
+    def hand_to_cpu(self, job_id: str) -> None:
+        """The job's embedding is on disk: its UMAP waits for the CPU pool, and its device worker (no longer
+        named on it) takes the next job."""
+        with open_db(self.db_path) as conn:
+            conn.execute("UPDATE jobs SET cpu_stage = ?, worker_pid = NULL, message = ? WHERE id = ? AND status = ?",
+                         (QUEUED, "waiting for a CPU worker (UMAP)", job_id, RUNNING))
+
+    def claim_next_umap(self, worker_pid: Optional[int] = None) -> Optional[Job]:
+        """The oldest embedded job waiting for its UMAP, now run by the CPU pool process `worker_pid`."""
+        with open_db(self.db_path, immediate=True) as conn:
+            row = conn.execute("SELECT id FROM jobs WHERE status = ? AND cpu_stage = ? ORDER BY rowid LIMIT 1",
+                               (RUNNING, QUEUED)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET cpu_stage = ?, worker_pid = ? WHERE id = ?", (RUNNING, worker_pid, row["id"]))
+        return self.get(row["id"])
+
+    def device_loads(self, devices: Iterable[str]) -> dict[str, int]:
+        """Queued plus running jobs per device, those waiting only for the CPU pool not counted: the load a
+        new job would wait behind."""
+        loads = dict.fromkeys(devices, 0)
+        with open_db(self.db_path) as conn:
+            rows = conn.execute(
+                "SELECT device, COUNT(*) FROM jobs WHERE status = ? OR (status = ? AND cpu_stage IS NULL) "
+                "GROUP BY device", (QUEUED, RUNNING)).fetchall()
+        for device, count in rows:
+            if device in loads:
+                loads[device] = count
+        return loads
+
+    def update_progress(self, job_id: str, step: str, done: float, total: Optional[float],
+                        step_started_at: Optional[str] = None) -> None:
+        """Where a running job is, with when its current step began, so that a page tells the step's elapsed
+        time and rate from one read of the row."""
         with open_db(self.db_path) as conn:
             conn.execute(
-                "UPDATE jobs SET step = ?, done = ?, total = ?, message = ? WHERE id = ?",
-                (step, done, total, step, job_id),
+                "UPDATE jobs SET step = ?, done = ?, total = ?, message = ?, step_started_at = ? WHERE id = ?",
+                (step, done, total, step, step_started_at, job_id),
             )
 
     def set_status(
@@ -268,10 +313,14 @@ class JobStore:
         return self._newest(spec_key, owner, (QUEUED, RUNNING))
 
     def mark_interrupted_on_startup(self) -> int:
-        """Jobs left running by a previous server process can never finish: make them retryable."""
+        """Jobs left running by a previous server process can never finish: make them retryable. A job whose
+        embedding was already on disk (waiting for or in its UMAP) only needs the UMAP again: it is queued
+        for the CPU pool instead. Returns how many jobs were interrupted."""
         with open_db(self.db_path) as conn:
+            conn.execute("UPDATE jobs SET cpu_stage = ?, worker_pid = NULL WHERE status = ? AND cpu_stage IS NOT NULL",
+                         (QUEUED, RUNNING))
             return conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, message = ? WHERE status = ?",
+                "UPDATE jobs SET status = ?, finished_at = ?, message = ? WHERE status = ? AND cpu_stage IS NULL",
                 (INTERRUPTED, utc_now(), "the server restarted while this job was running; retry it", RUNNING),
             ).rowcount
 
@@ -317,9 +366,9 @@ class JobStore:
             ).fetchone()
         return Score.from_row(row) if row else None
 
-    def claim_next_score(self) -> Optional[Score]:
-        """The oldest queued score whose embedding is done, marked running; scores of jobs that can no
-        longer finish are cancelled on the way."""
+    def claim_next_score(self, worker_pid: Optional[int] = None) -> Optional[Score]:
+        """The oldest queued score whose embedding is done, marked running (by the CPU pool process
+        `worker_pid`); scores of jobs that can no longer finish are cancelled on the way."""
         with open_db(self.db_path, immediate=True) as conn:
             conn.execute(
                 f"UPDATE scores SET status = ?, finished_at = ?, error = 'the run did not finish' WHERE status = ? "
@@ -332,7 +381,7 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE scores SET status = ? WHERE id = ?", (RUNNING, row["id"]))
+            conn.execute("UPDATE scores SET status = ?, worker_pid = ? WHERE id = ?", (RUNNING, worker_pid, row["id"]))
         return self.get_score(row["id"])
 
     def update_score_progress(self, score_id: str, step: str, done: float, total: Optional[float]) -> None:
@@ -347,7 +396,51 @@ class JobStore:
                 (status, error, str(document_path) if document_path else None, utc_now(), score_id),
             )
 
+    def fail_scores_of(self, worker_pid: int, error: str) -> int:
+        """Fail the scores a CPU pool process was running when it died."""
+        with open_db(self.db_path) as conn:
+            return conn.execute(
+                "UPDATE scores SET status = ?, error = ?, finished_at = ? WHERE status = ? AND worker_pid = ?",
+                (FAILED, error, utc_now(), RUNNING, worker_pid)).rowcount
+
     def requeue_running_scores(self) -> int:
         """Scoring left running by a previous server process starts over (it reads only finished files)."""
         with open_db(self.db_path) as conn:
             return conn.execute("UPDATE scores SET status = ?, step = '' WHERE status = ?", (QUEUED, RUNNING)).rowcount
+
+    # -- deleting, and what an owner holds (sharing, quotas, retention) ---------------------------------
+
+    def delete_job(self, job_id: str, scope: Optional[str] = None) -> Job:
+        """Remove a finished job: its row, its scoring runs and share links, then its artifact directory.
+
+        A queued or running job is refused (cancel it first), as is a job being scored: their workers would
+        go on writing files no record names. Another owner's job is "not found" (KeyError). Returns the
+        removed job.
+        """
+        with open_db(self.db_path, immediate=True) as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or (scope is not None and row["owner"] != scope):
+                raise KeyError(f"job {job_id} not found")
+            job = Job.from_row(row)
+            if not job.is_finished:
+                raise ConfigError(f"job {job_id} is {job.status}; cancel it before deleting it")
+            if conn.execute("SELECT 1 FROM scores WHERE job_id = ? AND status = ?", (job_id, RUNNING)).fetchone():
+                raise ConfigError(f"job {job_id} is being scored; delete it once scoring has finished")
+            conn.execute("DELETE FROM scores WHERE job_id = ?", (job_id,))
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shares'").fetchone():
+                conn.execute("DELETE FROM shares WHERE job_id = ?", (job_id,))  # the table of `sharing.py`
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.artifact_dir_of(job), ignore_errors=True)
+        return job
+
+    def artifact_dir_of(self, job: Job) -> Path:
+        """Where the job's files are: the recorded directory, else `<workspace>/jobs/<id>`, where a job
+        interrupted by a restart may have left part of its files before any directory was recorded."""
+        return job.artifact_dir or self.db_path.parent / "jobs" / job.id
+
+    def count_queued(self, owner: str) -> int:
+        """How many of the owner's runs wait in the queues (the per-user cap of `quotas.py`)."""
+        with open_db(self.db_path) as conn:
+            return conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?", (owner, QUEUED)
+            ).fetchone()[0]

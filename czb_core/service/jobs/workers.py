@@ -1,15 +1,19 @@
-"""Worker processes: one per device, supervised, so a crashing job never takes the server down.
+"""Worker processes: one per device plus a small CPU pool, supervised, so a crashing job never takes the
+server down.
 
 A CUDA kernel that segfaults, an out-of-memory kill by the OS or a native library's abort ends a process,
-and Python threads cannot be stopped: jobs therefore run in a worker process per device, started with
-`spawn` (CUDA does not survive `fork`). A worker claims its device's queued jobs from the job store and
-runs them with `JobRunner`, keeping loaded models between jobs (`czb_core.models.runner.LOADED_MODELS`
-lives in the worker). Its stdout and stderr, native crashes included, go to `<workspace>/logs/`.
+and Python threads cannot be stopped: jobs therefore run in a worker process per device (`cpu`, `cuda:0`,
+`cuda:1`, ...), started with `spawn` (CUDA does not survive `fork`). A device worker claims its device's
+queued jobs from the job store and embeds them with `JobRunner`, keeping loaded models between jobs
+(`czb_core.models.runner.LOADED_MODELS` lives in the worker), then hands each to the CPU pool
+(`cpu_pool.py`: `CZB_CPU_WORKERS` processes `cpu-pool-0`, ...) for its UMAP; the pool also runs the
+scoring runs. Each worker's stdout and stderr, native crashes included, go to `<workspace>/logs/`.
 
-The supervisor (a thread of the server) watches each worker. When one dies, its running job is failed
-with the cause (exit code or signal, "most often the OS out-of-memory killer" for SIGKILL, the last log
-lines) and the worker is started again; the queue goes on. A cancel that the job does not honour within
-`CANCEL_GRACE_S` (a long native call never reaches its next check) ends the worker process.
+The supervisor (a thread of the server) watches every worker. When one dies, what it held (a device
+worker's running job; a pool worker's UMAP stage or scoring run) is failed with the cause (exit code or
+signal, "most often the OS out-of-memory killer" for SIGKILL, the last log lines) and the worker is
+started again; the queues go on. A cancel that the job does not honour within `CANCEL_GRACE_S` (a long
+native call never reaches its next check) ends the worker process.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -24,8 +29,10 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
+from czb_core.models.device import bind_process_to
+from czb_core.service.jobs.cpu_pool import CpuTasks
 from czb_core.service.jobs.execution import JobRunner
-from czb_core.service.jobs.store import CANCELLED, FAILED, RUNNING, JobStore
+from czb_core.service.jobs.store import CANCELLED, FAILED, RUNNING, Job, JobStore
 from czb_core.service.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -34,39 +41,62 @@ IDLE_POLL_S = 0.5
 SUPERVISE_S = 0.5
 CANCEL_GRACE_S = 5.0
 LOG_TAIL_LINES = 8
+POOL_PREFIX = "cpu-pool-"
 
 
-def work_loop(runner: JobRunner, device: str, stop: Callable[[], bool], wait: Callable[[float], None]) -> None:
-    """Claim the device's jobs oldest first and run them, until `stop()`; store errors never end the loop."""
+def pool_names(n_workers: int) -> tuple[str, ...]:
+    return tuple(f"{POOL_PREFIX}{i}" for i in range(n_workers))
+
+
+def work_loop(take_one: Callable[[], bool], name: str, stop: Callable[[], bool],
+              wait: Callable[[float], None]) -> None:
+    """Run `take_one` (claim and run one task; False when there was none) until `stop()`, waiting between
+    empty polls; store errors never end the loop."""
     while not stop():
         try:
-            job = runner.store.claim_next(device, os.getpid())
-            if job is not None:
-                runner.run(job)
+            if take_one():
                 continue
         except Exception:  # the store itself failed (disk full, locked too long): keep working
-            log.exception("%s worker: job store error", device)
+            log.exception("%s worker: job store error", name)
         wait(IDLE_POLL_S)
 
 
-def worker_main(workspace_root: str, device: str, run_fn: Callable, log_path: str,
-                memory_limit_mb: Optional[int]) -> None:
-    """The worker process: logs to `log_path`, optionally under a data-size limit, runs jobs until its
-    parent (the server) is gone."""
+def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int]) -> Callable[[], bool]:
+    """In a fresh worker process: log to `log_path`, optionally under a data-size limit. Returns its
+    `stop`: true once the parent (the server) is gone."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # native crashes write to the file descriptors, not to sys.stderr
     os.dup2(fd, 2)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{device}[%(process)d] %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{name}[%(process)d] %(message)s")
     if memory_limit_mb:
         import resource
 
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    parent = os.getppid()
+    log.info("worker %s started", name)
+    return lambda: os.getppid() != parent
+
+
+def worker_main(workspace_root: str, device: str, run_fn: Callable, log_path: str,
+                memory_limit_mb: Optional[int]) -> None:
+    """A device worker process: embeds the device's jobs until the server is gone."""
+    stop = start_worker_process(device, log_path, memory_limit_mb)
+    bind_process_to(device)
     workspace = Workspace(Path(workspace_root))
     runner = JobRunner(workspace, JobStore(workspace.db_path), run_fn)
-    parent = os.getppid()
-    log.info("worker started on %s", device)
-    work_loop(runner, device, stop=lambda: os.getppid() != parent, wait=time.sleep)
+    pid = os.getpid()
+    work_loop(lambda: runner.run_next(device, pid), device, stop, time.sleep)
+
+
+def cpu_worker_main(workspace_root: str, name: str, score: bool, log_path: str,
+                    memory_limit_mb: Optional[int]) -> None:
+    """A CPU pool worker process: UMAPs and scoring runs until the server is gone."""
+    stop = start_worker_process(name, log_path, memory_limit_mb)
+    workspace = Workspace(Path(workspace_root))
+    tasks = CpuTasks(workspace, JobStore(workspace.db_path), score)
+    pid = os.getpid()
+    work_loop(lambda: tasks.run_next(pid), name, stop, time.sleep)
 
 
 def death_cause(exitcode: Optional[int]) -> str:
@@ -82,20 +112,26 @@ def death_cause(exitcode: Optional[int]) -> str:
 
 
 class WorkerProcess:
-    """One supervised worker process for one device."""
+    """One supervised worker process: a device's (`name` is the device) or a CPU pool's."""
 
-    def __init__(self, workspace: Workspace, device: str, run_fn: Callable, memory_limit_mb: Optional[int]):
-        self.workspace, self.device, self.run_fn, self.memory_limit_mb = workspace, device, run_fn, memory_limit_mb
-        self.log_path = workspace.root / "logs" / f"worker-{device}.log"
+    def __init__(self, workspace: Workspace, name: str, target: Callable, args: tuple,
+                 memory_limit_mb: Optional[int]):
+        self.workspace, self.name, self.target, self.args = workspace, name, target, args
+        self.memory_limit_mb = memory_limit_mb
+        self.log_path = workspace.root / "logs" / f"worker-{name.replace(':', '-')}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.process: Optional[multiprocessing.Process] = None
         self.restarts = 0
 
+    @property
+    def in_pool(self) -> bool:
+        return self.name.startswith(POOL_PREFIX)
+
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(
-            target=worker_main, name=f"czb-worker-{self.device}", daemon=True,
-            args=(str(self.workspace.root), self.device, self.run_fn, str(self.log_path), self.memory_limit_mb),
+            target=self.target, name=f"czb-worker-{self.name}", daemon=True,
+            args=(str(self.workspace.root), *self.args, str(self.log_path), self.memory_limit_mb),
         )
         self.process.start()
 
@@ -125,13 +161,15 @@ class WorkerProcess:
 
 
 class Supervisor:
-    """Starts a worker process per device, restarts dead ones and fails their jobs with the cause, and
-    ends a worker whose job ignores a cancel for `CANCEL_GRACE_S`."""
+    """Starts a worker process per device and `cpu_workers` pool processes, restarts dead ones and fails
+    what they held with the cause, and ends a worker whose job ignores a cancel for `CANCEL_GRACE_S`."""
 
     def __init__(self, workspace: Workspace, store: JobStore, devices: tuple[str, ...], run_fn: Callable,
-                 memory_limit_mb: Optional[int] = None):
+                 memory_limit_mb: Optional[int] = None, cpu_workers: int = 1, score: bool = True):
         self.store = store
-        self.workers = {d: WorkerProcess(workspace, d, run_fn, memory_limit_mb) for d in devices}
+        self.workers = {d: WorkerProcess(workspace, d, worker_main, (d, run_fn), memory_limit_mb) for d in devices}
+        for name in pool_names(cpu_workers):
+            self.workers[name] = WorkerProcess(workspace, name, cpu_worker_main, (name, score), memory_limit_mb)
         self._stop = threading.Event()
         self._cancel_seen: dict[str, float] = {}
         for worker in self.workers.values():
@@ -140,7 +178,7 @@ class Supervisor:
         self.thread.start()
 
     def state(self) -> dict[str, dict]:
-        """Per device: pid, alive, restarts (for a health endpoint or an admin page)."""
+        """Per worker (device or pool): pid, alive, restarts (for a health endpoint or an admin page)."""
         return {d: {"pid": w.pid, "alive": w.alive(), "restarts": w.restarts} for d, w in self.workers.items()}
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -155,34 +193,46 @@ class Supervisor:
                 try:
                     self._check(worker)
                 except Exception:  # the supervisor must outlive any one problem
-                    log.exception("supervising the %s worker failed", worker.device)
+                    log.exception("supervising the %s worker failed", worker.name)
 
-    def _running_jobs(self, worker: WorkerProcess):
-        return [j for j in self.store.list(statuses=(RUNNING,)) if j.device == worker.device and j.worker_pid == worker.pid]
+    def _held_jobs(self, worker: WorkerProcess) -> list[Job]:
+        """The running jobs this worker holds: a device worker's embedding, a pool worker's UMAP stage."""
+        return [j for j in self.store.list(statuses=(RUNNING,)) if j.worker_pid == worker.pid and (
+            j.cpu_stage == RUNNING if worker.in_pool else j.device == worker.name and j.cpu_stage is None)]
 
     def _check(self, worker: WorkerProcess) -> None:
         if not worker.alive():
-            cause = death_cause(worker.process.exitcode if worker.process else None)
-            tail = worker.log_tail()
-            for job in self._running_jobs(worker):
-                error = f"{cause}; the server and other jobs are unaffected." + (f" Last log lines:\n{tail}" if tail else "")
-                self.store.set_status(job.id, FAILED, message="failed", error=error, only_from=(RUNNING,))
-            log.warning("%s worker (pid %s) died: %s; starting a new one", worker.device, worker.pid, cause)
+            self._fail_held(worker)
             worker.restarts += 1
             worker.start()
             return
         now = time.monotonic()
-        for job in self._running_jobs(worker):
+        for job in self._held_jobs(worker):
             if not job.cancel_requested:
                 continue
             first = self._cancel_seen.setdefault(job.id, now)
             if now - first >= CANCEL_GRACE_S:  # stuck in a call that never checks: end the process
                 log.warning("job %s ignored its cancel for %.0f s; ending the %s worker", job.id, now - first,
-                            worker.device)
+                            worker.name)
                 worker.stop()
+                shutil.rmtree(self.store.artifact_dir_of(job), ignore_errors=True)
                 self.store.set_status(job.id, CANCELLED, message="cancelled (the worker was stopped)",
                                       only_from=(RUNNING,))
                 self._cancel_seen.pop(job.id, None)
+                self._fail_held(worker)  # a pool worker may have held a scoring run too
                 worker.restarts += 1
                 worker.start()
                 return
+
+    def _fail_held(self, worker: WorkerProcess) -> None:
+        """Fail what a dead (or stopped) worker held, with the cause and its last log lines."""
+        cause = death_cause(worker.process.exitcode if worker.process else None)
+        tail = worker.log_tail()
+        error = f"{cause}; the server and other jobs are unaffected." + (f" Last log lines:\n{tail}" if tail else "")
+        stage = "UMAP failed: " if worker.in_pool else ""
+        for job in self._held_jobs(worker):
+            shutil.rmtree(self.store.artifact_dir_of(job), ignore_errors=True)  # what it left half-written
+            self.store.set_status(job.id, FAILED, message="failed", error=stage + error, only_from=(RUNNING,))
+        if worker.in_pool:
+            self.store.fail_scores_of(worker.pid, error)
+        log.warning("%s worker (pid %s) ended: %s; starting a new one", worker.name, worker.pid, cause)

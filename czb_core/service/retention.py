@@ -1,0 +1,52 @@
+"""Keeping datasets for a limited time (`CZB_RETENTION_DAYS`; unset: forever), so a shared disk does not
+fill with data nobody looks at any more.
+
+A dataset record expires that many days after it was added; the sweep (at server start and daily)
+deletes it with its runs through `Workspace.delete_dataset`, the path a user's own deletion takes, so a
+file another record still points at stays. A dataset whose run is queued, running or being scored waits
+for the next sweep rather than having that work fail under it (and the server start does not fail).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from czb_core.config import get_settings
+from czb_core.errors import ConfigError
+from czb_core.service.jobs.store import QUEUED, RUNNING, JobStore
+from czb_core.service.workspace import DatasetRecord, Workspace
+
+log = logging.getLogger(__name__)
+
+
+def expires_at(record: DatasetRecord) -> Optional[datetime]:
+    """When the sweep will delete this dataset (UTC), or None when datasets are kept forever."""
+    days = get_settings().retention_days
+    if days is None:
+        return None
+    added = datetime.fromisoformat(record.created_at)
+    if added.tzinfo is None:  # records written without an offset were written in UTC
+        added = added.replace(tzinfo=timezone.utc)
+    return added + timedelta(days=days)
+
+
+def purge_expired(workspace: Workspace, store: JobStore, now: Optional[datetime] = None) -> list[str]:
+    """Delete every owner's expired dataset records with their runs; returns "<owner>/<sha256>" of each."""
+    now = now or datetime.now(timezone.utc)
+    purged = []
+    for record in workspace.list():
+        expiry = expires_at(record)
+        if expiry is None or expiry > now:
+            continue
+        if store.list(dataset_sha256=record.sha256, owner=record.owner, statuses=(QUEUED, RUNNING)):
+            log.info("retention: %s/%s expired but has a run in progress; next sweep", record.owner, record.sha256)
+            continue
+        try:
+            workspace.delete_dataset(record.sha256, record.owner)
+        except ConfigError as exc:  # a run being scored
+            log.info("retention: %s/%s expired, not deleted yet: %s", record.owner, record.sha256, exc)
+            continue
+        purged.append(f"{record.owner}/{record.sha256}")
+    return purged

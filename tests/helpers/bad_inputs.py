@@ -1,0 +1,95 @@
+"""Files written with h5py by hand in layouts anndata no longer writes, or that lie about their size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import anndata as ad
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+STR = h5py.string_dtype()
+
+
+def _strings(group: h5py.Group, key: str, values: Sequence[str]) -> h5py.Dataset:
+    return group.create_dataset(key, data=np.array(list(values), dtype=object), dtype=STR)
+
+
+def write_10x_v2(path: Path, x_cg, ids: Sequence[str], names: Sequence[str], genomes=("GRCh38",)) -> Path:
+    """CellRanger 2's layout: one group per genome with `genes`, `gene_names`, `barcodes` and a genes x
+    cells CSC matrix (stored as the CSR of cells)."""
+    m_cg = sp.csr_matrix(x_cg)
+    with h5py.File(path, "w") as f:
+        for genome in genomes:
+            g = f.create_group(genome)
+            g["data"], g["indices"], g["indptr"] = m_cg.data.astype(np.int32), m_cg.indices, m_cg.indptr
+            g["shape"] = np.array([m_cg.shape[1], m_cg.shape[0]], dtype=np.int32)
+            g["barcodes"] = np.array([f"AAACCTGA-{i}".encode() for i in range(m_cg.shape[0])])
+            g["genes"] = np.array([s.encode() for s in ids])
+            g["gene_names"] = np.array([s.encode() for s in names])
+    return path
+
+
+def write_old_anndata(path: Path, adata: ad.AnnData, category: str) -> Path:
+    """The pre-0.7 layout: no `encoding-type` anywhere, X marked by `h5sparse_format`, and the column
+    `category` stored as int8 codes referencing its labels in `obs/__categories`."""
+    x = sp.csr_matrix(adata.X)
+    with h5py.File(path, "w") as f:
+        xg = f.create_group("X")
+        xg.attrs["h5sparse_format"] = "csr"
+        xg.attrs["h5sparse_shape"] = np.array(x.shape)
+        xg["data"], xg["indices"], xg["indptr"] = x.data.astype(np.float32), x.indices, x.indptr
+        obs = f.create_group("obs")
+        obs.attrs["_index"] = "index"
+        obs.attrs["column-order"] = [category]
+        _strings(obs, "index", adata.obs_names)
+        labels, codes = np.unique(np.asarray(adata.obs[category], dtype=str), return_inverse=True)
+        categories = _strings(obs.create_group("__categories"), category, labels)
+        obs.create_dataset(category, data=codes.astype(np.int8)).attrs["categories"] = categories.ref
+        var = f.create_group("var")
+        var.attrs["_index"] = "index"
+        var.attrs["column-order"] = []
+        _strings(var, "index", adata.var_names)
+        for group in ("obsm", "varm", "layers", "uns"):
+            f.create_group(group)
+    return path
+
+
+def _frame(f: h5py.File, key: str, n_rows: int, written: bool) -> None:
+    """An obs/var group of `n_rows` names: written out, or declared only (chunked, never written)."""
+    group = f.create_group(key)
+    group.attrs.update({"_index": "_index", "encoding-type": "dataframe", "encoding-version": "0.2.0",
+                        "column-order": np.array([], dtype=object).astype(STR)})
+    if written:
+        _strings(group, "_index", [f"{key}{i}" for i in range(n_rows)])
+    else:
+        group.create_dataset("_index", shape=(n_rows,), dtype=STR, chunks=(1 << 16,))
+
+
+def write_claimed_cells(path: Path, n_cells: int, n_genes: int = 100) -> Path:
+    """An h5ad whose header claims `n_cells` cells (10^12 fits): obs index, X's shape and indptr all agree,
+    but the arrays are chunked and never written, so the file is a few KB."""
+    with h5py.File(path, "w") as f:
+        _frame(f, "obs", n_cells, written=False)
+        _frame(f, "var", n_genes, written=True)
+        x = f.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_cells, n_genes)})
+        x.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64, chunks=(1 << 16,))
+        x.create_dataset("indices", shape=(0,), dtype=np.int32)
+        x.create_dataset("data", shape=(0,), dtype=np.float32)
+    return path
+
+
+def write_gzip_bomb(path: Path, n_cells: int = 100_000, n_genes: int = 20_000) -> Path:
+    """A consistent h5ad (every cell and gene named) whose dense gzip-compressed X is `n_cells` x `n_genes`
+    float32 (8 GB by default) from well under 1 MB on disk: one written chunk of zeros, the rest fill value."""
+    with h5py.File(path, "w") as f:
+        _frame(f, "obs", n_cells, written=True)
+        _frame(f, "var", n_genes, written=True)
+        x = f.create_dataset("X", shape=(n_cells, n_genes), dtype=np.float32, chunks=(100, n_genes),
+                             compression="gzip", compression_opts=9)
+        x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        x[:100] = np.zeros((100, n_genes), dtype=np.float32)
+    return path
