@@ -7,10 +7,15 @@ real CPU job: normalise, highly variable genes, PCA, UMAP) from submit to done i
 with no page open, then with `--pages` Run pages following the job in headless Chromium. Prints both wall
 times and their ratio (the target: at most 1.2), and the CPU seconds the server process itself spent during
 each run: what the pages' polling costs it. A warm-up job runs first, so neither measured run compiles
-numba code. The browsers run at nice 19 (`--browsers-not-niced` to let them compete): on a lab server they
-run on the users' machines, and on two cores five Chromiums would otherwise take the job's CPU themselves,
-which is not what the figure is about. `--gc on|off` sets Streamlit's `runner.postScriptGC` (a full garbage collection after every
-script run, fragment reruns included); `config` leaves it to `.streamlit/config.toml`.
+numba code.
+
+On a lab server the browsers run on the users' machines, not beside the job. Here they cannot, so by
+default the browsers get a CPU of their own: the server (and the worker processes it starts) is pinned to
+all CPUs but the last, the browsers to the last, in both measured runs alike, so the ratio is what the
+pages' requests cost the server and its job (`--no-pin` shares every CPU; the browsers then run at nice 19,
+`--browsers-not-niced` lets them compete at full priority). `--gc on|off` sets Streamlit's
+`runner.postScriptGC` (a full garbage collection after every script run, fragment reruns included);
+`config` leaves it to `.streamlit/config.toml`.
 """
 
 from __future__ import annotations
@@ -75,9 +80,13 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=2_000)
     parser.add_argument("--pages", type=int, default=5)
     parser.add_argument("--gc", choices=("config", "on", "off"), default="config")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the browsers share the server's CPUs instead of having the last CPU to themselves")
     parser.add_argument("--browsers-not-niced", dest="browsers_niced", action="store_false",
                         help="run the browsers at the server's priority (they then compete with the job for CPU)")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
     data = generated_h5ad(args.cells, args.genes)
     from playwright.sync_api import sync_playwright
 
@@ -85,6 +94,9 @@ def main() -> None:
         home = Path(tmp)
         os.environ["CZB_HOME"] = tmp
         server, url = start_server(home, args.gc)
+        if pin:  # the server's workers are started later, by the server: they inherit its CPUs
+            psutil.Process(server.pid).cpu_affinity(cpus[:-1])
+            os.sched_setaffinity(0, cpus[-1:])  # Chromium, started from here, inherits the last CPU
         if args.browsers_niced:
             # Chromium inherits this: on a lab server the browsers run on the users' machines, not beside the
             # job, so here they only get the CPU the server and its worker leave.
@@ -109,8 +121,9 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     (base, base_cpu), (loaded, loaded_cpu) = results[0], results[args.pages]
-    print(f"PCA baseline job, {args.cells:,} cells x {args.genes:,} genes, runner.postScriptGC={args.gc}, "
-          f"{os.cpu_count()} CPUs, browsers {'at nice 19' if args.browsers_niced else 'at normal priority'}:")
+    where = (f"server on CPU {','.join(map(str, cpus[:-1]))}, browsers on CPU {cpus[-1]}" if pin else
+             f"{len(cpus)} CPUs shared, browsers {'at nice 19' if args.browsers_niced else 'at normal priority'}")
+    print(f"PCA baseline job, {args.cells:,} cells x {args.genes:,} genes, runner.postScriptGC={args.gc}, {where}:")
     print(f"  0 Run pages open: {base:6.1f} s (server process CPU {base_cpu:5.1f} s)")
     print(f"  {args.pages} Run pages open: {loaded:6.1f} s (server process CPU {loaded_cpu:5.1f} s)")
     print(f"  ratio {loaded / base:.2f} (target <= 1.2)")

@@ -75,7 +75,8 @@ def bench_sampling(args) -> None:
     x = generated_counts(args.cells, args.genes, args.detected)
     token_g, chrom_g, start_g = generated_genes(args.genes)
     block = CountsBlock(x.indptr, x.indices, x.data)
-    vectorised_s = best_of(3, lambda: [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, 0)])[0]
+    vectorised_s = best_of(3, lambda: [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, 0,
+                                                                                 np.arange(block.n_cells))])[0]
     plain_x = x[: args.plain_cells]
     plain_s = best_of(3, lambda: plain_sentences(plain_x, token_g, chrom_g, start_g, SPEC, 0))[0]
     vectorised, plain = args.cells / vectorised_s, args.plain_cells / plain_s

@@ -17,6 +17,7 @@ from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import discover_models
 from czb_core.models.weights_admin import weights_missing
 from czb_core.schema.data_manager import DataManager
+from czb_core.service.access import is_admin
 from czb_core.streaming.plan import plan_reading
 from czb_core.progress import (ACTIVE, format_duration, progress_fraction, progress_line, queue_line,
                                seconds_since)
@@ -70,6 +71,11 @@ def perturbations_of(model: str, variant: str) -> Optional[list[str]]:
     return config.load_implementation()(config, variant).perturbation_choices()
 
 
+def streams_by_default(config, variant: str) -> bool:
+    """Whether the variant with its default parameters can read a matrix larger than memory."""
+    return config.load_implementation()(config, variant).can_stream
+
+
 def offered_values(implementation, config, variant: str) -> dict:
     """Parameters chosen from a list the variant knows: a prediction model's trained perturbations, once its
     training data is on this server (before that, the run fetches it and checks the name typed)."""
@@ -86,8 +92,9 @@ try:
 except (CzbError, OSError, KeyError):  # a 10x file or an unusual layout: read whole, as the run will say
     reading = None
 if reading is not None and not reading.fits:
-    how = ("this model reads it in row blocks (streamed), so it runs" if config.load_implementation().streams else
-           "this model reads it whole, so the run would be refused; the PCA variants stream")
+    how = ("this model reads it in row blocks (streamed), so it runs" if streams_by_default(config, variant) else
+           "this model reads it whole, so the run would be refused; the PCA variants and the pretrained models "
+           "stream")
     st.warning(f"Reading the matrix {reading.describe()}: {how}.")
 elif reading is not None:
     st.caption(f"Reading the matrix {reading.describe()}.")
@@ -137,6 +144,11 @@ if weights_missing(model, variant):
                 "without network, an admin imports them on the Weights page.")
     st.page_link("pages/weights.py", label=f"{'Import' if import_first else 'Download or import'} these weights on "
                  "the Weights page", icon="📦", query_params={"model": model, "variant": variant})
+stream = False
+if is_admin(current_user()):  # comparing the streamed path with the in-memory one on the same data
+    stream = st.checkbox("Stream the matrix in row blocks, whatever its size (admin)",
+                         help="Reads and embeds the cells chunk by chunk, as a dataset larger than memory is; "
+                              "a separate cached result from the in-memory run (czb run --stream)")
 blocked = not report["ok"]
 if blocked:
     for problem in (p for p in report["problems"] if p["severity"] == "error"):
@@ -146,7 +158,7 @@ submitted = st.button("Run", type="primary", disabled=blocked)
 if submitted:
     try:
         job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
-                             params=params, metrics=metrics_options, device=device, score=score)
+                             params=params, metrics=metrics_options, device=device, score=score, stream=stream)
     except CzbError as exc:
         st.error(str(exc))
         st.stop()

@@ -42,6 +42,7 @@ class BaseModelImplementation(ABC):
     params: ClassVar[tuple[Param, ...]] = ()  # the model's own parameters (seed and batch_size are common)
     default_batch_size: ClassVar[Optional[int]] = 64  # None: chosen from free GPU memory by the runner
     streams: ClassVar[bool] = False  # True: `embed_blocks` reads a dataset larger than memory in row blocks
+    row_alignment: ClassVar[int] = 1  # cells drawing from one seeded generator: chunks and shards never split them
 
     def __init__(
         self,
@@ -209,6 +210,19 @@ class BaseModelImplementation(ABC):
         for runners with `streams = True`."""
         raise NotImplementedError(f"{self.display_name} does not stream")
 
+    @property
+    def embeds_cells_apart(self) -> bool:
+        """True when a cell's embedding depends on that cell alone (and on its row, for seeded draws), so the
+        cells can be embedded in chunks or shards apart with the same result: a pretrained network's
+        inference does, a model fitted on the dataset or a prediction does not. Off unless a runner says so."""
+        return False
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether a dataset larger than memory can run: fitted over row blocks (`streams`) or embedded in
+        chunks (`embeds_cells_apart`)."""
+        return self.streams or self.embeds_cells_apart
+
     # -- the flow ----------------------------------------------------------------------------------
 
     def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
@@ -267,12 +281,18 @@ class BaseModelImplementation(ABC):
         dirs = self.fetch_weights(progress, cancel)
         cancel.check()
         if open_blocks is not None:
-            if not self.streams:
-                raise ConfigError(f"{self.display_name} cannot read a dataset in blocks yet; only the PCA baseline "
-                                  "streams. Run it on a subset of the cells, or on a machine with more memory")
-            self.load_model(resolve_device(device))
+            if not self.can_stream:
+                raise ConfigError(f"{self.display_name} / {self.variant} with these parameters uses all cells at "
+                                  "once, so it cannot read a dataset in blocks. Run it on a subset of the cells, or "
+                                  "on a machine with more memory")
             with open_blocks() as blocks:
-                output = self.embed_blocks(blocks, progress, cancel)
+                if self.streams:
+                    self.load_model(resolve_device(device))
+                    output = self.embed_blocks(blocks, progress, cancel)
+                else:
+                    from czb_core.streaming.chunks import embed_in_chunks
+
+                    output = embed_in_chunks(self, manager, blocks, device=device, progress=progress, cancel=cancel)
             self.report.facts.update(output.facts)
             return output
         if read_data is not None:

@@ -151,9 +151,9 @@ def reading_mode(data_path: str | Path, location: str, implementation, stream: O
     plan = plan_reading(data_path, location)
     if plan.fits:
         return IN_MEMORY
-    if stream is None and implementation.streams:
+    if stream is None and implementation.can_stream:
         return STREAMED
-    fix = ("run it streamed (czb run --stream)" if implementation.streams else
+    fix = ("run it streamed (czb run --stream)" if implementation.can_stream else
            "run it on a subset of the cells, on a machine with more memory, or with the PCA baseline, which streams")
     raise InputError(f"{Path(data_path).name} is too large to read into memory here ({plan.describe()}); {fix}")
 

@@ -132,6 +132,7 @@ class DataManager:
         # a set organism that strong evidence contradicts: kept (the user decides), with both figures
         self.organism_check = None if organism is None else compare_declared_organism(self.detection, organism)
         self.cells_kept_n = np.ones(header.n_obs, dtype=bool)  # every cell, until a runner's filter says otherwise
+        self.first_row = 0  # the input row of this manager's first cell (a chunk or shard of a larger input)
         self._adata: Optional[ad.AnnData] = None
 
     @property

@@ -4,14 +4,14 @@ A `ShardWorker` is a plain class; the driver makes it a Ray actor (`ray.remote(S
 module never imports Ray and its code runs the same in a test without a cluster. One worker holds one
 model, loaded once in `start`, and embeds shard after shard: it reads the shard's rows from the input
 file (a path every node sees), binds them to a data manager of just those cells and runs the model's
-usual flow (`execute`: checks, prepare, embed) on them, then writes the embedding into its own row
+usual flow (`execute`: checks, prepare, embed) on them (`czb_core.streaming.chunks.embed_rows`, as a
+chunked run does), then writes the embedding into its own row
 region of the shared zarr store. Regions are whole zarr chunks, so concurrent writers never touch the
 same file. The PCA baseline's PCA is fitted on all cells by the driver; its worker only projects rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from czb_core.errors import ConfigError
 from czb_core.io.header import DatasetHeader
 from czb_core.models.device import resolve_device
 from czb_core.models.registry import ModelConfig
 from czb_core.progress import CancelToken
 from czb_core.schema.report import Problem
+from czb_core.streaming.chunks import embed_rows
 from czb_core.streaming.row_blocks import RowBlocks
 from czb_core.types import Organism
 
@@ -137,7 +138,11 @@ class ShardWorker:
             emb_kd = project_rows(self.projection, x_ng, shard, self.job.block_rows)
             kept_n, per_cell = np.ones(shard.n_rows, dtype=bool), {}
         else:
-            output, kept_n = embed_rows(self.implementation, self.job, x_ng, obs)
+            output, kept_n = embed_rows(self.implementation, self.job.header, self.job.organism, x_ng, obs, shard.lo,
+                                        self.job.device, CancelToken())
+            if output.pred_ng is not None or output.extras:
+                raise ConfigError(f"{self.implementation.display_name} makes a prediction or side outputs, which a "
+                                  "sharded run cannot merge; run it without Ray")
             emb_kd, per_cell = output.emb_nd, output.obs  # rows of the kept cells only
         t2 = time.perf_counter()
         write_shard(self.job, shard, np.asarray(emb_kd, dtype=np.float32), kept_n, per_cell)
@@ -154,37 +159,6 @@ class ShardWorker:
 def node_description(device: str) -> dict:
     """hostname, pid and device of this worker (recorded per shard in the run record)."""
     return {"hostname": socket.gethostname(), "pid": os.getpid(), "device": device}
-
-
-def embed_rows(implementation, job: ShardJob, x_ng: sp.csr_matrix, obs: pd.DataFrame):
-    """(RunOutput, kept_n) of the model's usual flow on these rows alone: a data manager of just these cells,
-    bound to a small AnnData holding their counts where the input holds them."""
-    manager = implementation.data_manager(shard_header(job.header, obs, x_ng), job.organism)
-    manager.bind(shard_anndata(x_ng, obs, manager.var, job.location))
-    output = implementation.execute(manager, device=job.device, cancel=CancelToken())
-    if output.pred_ng is not None or output.extras:
-        from czb_core.errors import ConfigError
-
-        raise ConfigError(f"{implementation.display_name} makes a prediction or side outputs, which a sharded run "
-                          "cannot merge; run it without Ray")
-    return output, manager.cells_kept_n
-
-
-def shard_header(header: DatasetHeader, obs: pd.DataFrame, x_ng: sp.csr_matrix) -> DatasetHeader:
-    """The input's header narrowed to the shard's cells. The matrix samples, gene names and species detection
-    stay the whole file's, so every shard resolves the same facts as the driver did."""
-    n_empty = int(np.count_nonzero(np.diff(x_ng.indptr) == 0))
-    return dataclasses.replace(header, obs=obs, n_obs=len(obs), n_empty_cells=n_empty, empty_cells_exact=True)
-
-
-def shard_anndata(x_ng: sp.csr_matrix, obs: pd.DataFrame, var: pd.DataFrame, location: str) -> ad.AnnData:
-    """An AnnData of the shard's counts at `location` (X, layers/counts or raw/X), where the data manager reads."""
-    adata = ad.AnnData(X=x_ng, obs=obs, var=var)
-    if location == "layers/counts":
-        adata.layers["counts"] = x_ng
-    elif location == "raw/X":
-        adata.raw = adata
-    return adata
 
 
 def project_rows(projection: PCAProjection, x_ng: sp.csr_matrix, shard: Shard, block_rows: int) -> np.ndarray:

@@ -39,6 +39,7 @@ from czb_core.schema.data_manager import DataManager
 from czb_core.streaming.ray_actors import (
     KEPT, MODEL, PCA_PROJECTION, PCAProjection, Shard, ShardJob, ShardResult, ShardWorker, read_store,
 )
+from czb_core.streaming.chunks import add_new_problems, merge_facts
 from czb_core.streaming.row_blocks import DEFAULT_CHUNK_ROWS, RowBlocks
 
 RAY_ADDRESS_ENV = "CZB_RAY_ADDRESS"
@@ -61,16 +62,17 @@ def configured_ray_address() -> Optional[str]:
 
 
 def plan_shards(n_cells: int, n_workers: int, shard_rows: Optional[int] = None,
-                block_rows: int = DEFAULT_CHUNK_ROWS) -> list[Shard]:
+                block_rows: int = DEFAULT_CHUNK_ROWS, align: int = 1) -> list[Shard]:
     """Consecutive row ranges covering every cell. By default about `SHARDS_PER_WORKER` per worker, at most
     `MAX_SHARD_ROWS` rows, rounded up to whole row blocks once above one block (so a sharded PCA projects
-    the same blocks as a streamed one)."""
+    the same blocks as a streamed one), and to a whole multiple of `align` (the runner's `row_alignment`)."""
     if shard_rows is not None and shard_rows < 1:
         raise ConfigError(f"shard rows must be at least 1, not {shard_rows}")
     if shard_rows is None:
         shard_rows = min(MAX_SHARD_ROWS, max(1, -(-n_cells // (max(1, n_workers) * SHARDS_PER_WORKER))))
         if shard_rows > block_rows:
             shard_rows = -(-shard_rows // block_rows) * block_rows
+    shard_rows = -(-shard_rows // align) * align  # a seeded runner's groups of cells stay whole
     return [Shard(index, lo, min(lo + shard_rows, n_cells))
             for index, lo in enumerate(range(0, n_cells, shard_rows))]
 
@@ -92,7 +94,7 @@ def embed_sharded(implementation, manager: DataManager, data_path: str | Path, *
     with ray_connection(address) as ray, open_row_blocks(data_path, manager.matrix_location, progress) as blocks:
         projection = fit_pca_projection(implementation, blocks, progress, cancel) if kind == PCA_PROJECTION else None
         n_workers, worker_device, resources = plan_workers(ray, "cpu" if kind == PCA_PROJECTION else device)
-        shards = plan_shards(blocks.n_cells, n_workers, shard_rows, blocks.chunk_rows)
+        shards = plan_shards(blocks.n_cells, n_workers, shard_rows, blocks.chunk_rows, implementation.row_alignment)
         job = ShardJob(kind=kind, data_path=str(blocks.path), location=blocks.location, store_path=str(store),
                        n_cells=blocks.n_cells, shard_rows=shards[0].n_rows, device=worker_device,
                        config=implementation.config, variant=implementation.variant,
@@ -122,9 +124,9 @@ def embed_sharded(implementation, manager: DataManager, data_path: str | Path, *
 
 
 def shard_kind(implementation) -> str:
-    """MODEL for a runner whose cells embed independently; PCA_PROJECTION for the PCA baseline; a runner that
-    fits on all cells some other way is refused."""
-    if not implementation.streams:
+    """MODEL for a runner whose cells embed apart; PCA_PROJECTION for the PCA baseline; a runner that uses
+    all cells at once some other way (a fitted scVI, PPCA, a prediction) is refused."""
+    if implementation.embeds_cells_apart:
         return MODEL
     from model_runners.pca.model import PCABaseline
 
@@ -328,16 +330,13 @@ class ShardPool:
 
 def merged_output(implementation, results: list[ShardResult], emb_nd: np.ndarray, per_cell: dict[str, np.ndarray],
                   projection: Optional[PCAProjection], n_shards: int) -> RunOutput:
-    """One RunOutput of the whole run: the store's rows, the first shard's batch size and facts, every
-    distinct note, and each kind of problem the shards' checks reported added once to the driver's report."""
-    known = {p.code for p in implementation.report.problems}
+    """One RunOutput of the whole run: the store's rows, the first shard's batch size, the shards' facts
+    merged, every distinct note, and each kind of problem the shards' checks reported added once to the
+    driver's report."""
     for result in results:
-        for problem in result.problems:
-            if problem.code not in known:
-                implementation.report.problems.append(problem)
-                known.add(problem.code)
+        add_new_problems(implementation.report, result.problems)
     notes = list(dict.fromkeys(note for result in results for note in result.notes))
-    facts = dict(results[0].facts)
+    facts = merge_facts([result.facts for result in results])
     if projection is not None:
         facts["reading"] = (f"sharded PCA projection: incremental PCA ({projection.pca.q} factors kept between "
                             f"blocks) fitted on the driver over row blocks, the cells projected in {n_shards} "

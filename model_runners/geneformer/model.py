@@ -103,6 +103,7 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
               label="Dictionaries URI"),
     )
     default_batch_size = None  # from the free GPU memory, 16 on the CPU (see CellEncoder.auto_batch_size)
+    embeds_cells_apart = True  # each cell's rank-value tokens and forward pass are its own
     RESOURCES = ("token_dictionary_file", "gene_median_file", "gene_mapping_file", "n_special_tokens",
                  "model_input_size", "add_cls_eos")
 

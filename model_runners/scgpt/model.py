@@ -85,6 +85,7 @@ class Scgpt(ScgptValidator, BaseModelImplementation):
               label="Precision", choices=PRECISIONS),
     )
     default_batch_size = None  # from the free GPU memory, 16 on the CPU (see inference.auto_batch_size)
+    embeds_cells_apart = True  # a cell's binning and tie draws are its own (seeded by its input row)
 
     # -- the protocol ------------------------------------------------------------------------------
 
@@ -92,7 +93,8 @@ class Scgpt(ScgptValidator, BaseModelImplementation):
         self.model = load_model(weights_dir, device)
 
     def prepare(self, rows, manager: DataManager) -> TokenizedCells:
-        return tokenize(manager.counts(rows), manager.genes_g, self.model.vocab, self.model.args, self.args.seed)
+        return tokenize(manager.counts(rows), manager.genes_g, self.model.vocab, self.model.args, self.args.seed,
+                        manager.first_row)
 
     def embed(self, inputs: TokenizedCells, batch_size, progress, cancel) -> RunOutput:
         self.batch_size_used = batch_size or auto_batch_size(self.model, int(inputs.lengths.max(initial=1)))

@@ -11,9 +11,9 @@ most one edge equals `x` (then no draw is needed, and none is made). A cell with
 as in the authors' code); the sample keeps column order, which the model cannot see (it has no
 positional encoding). `<cls>` carries `pad_value`.
 
-Randomness: every cell draws from its own splitmix64 stream, seeded by (`seed`, row number), so the
-result depends on neither the thread split nor the other cells, and a run is reproduced exactly from
-its seed. The authors draw from numpy's global generator, so tied cells match theirs in distribution
+Randomness: every cell draws from its own splitmix64 stream, seeded by (`seed`, its row in the input),
+so the result depends on neither the thread split nor the other cells nor the chunk the cell is
+tokenized in, and a run is reproduced exactly from its seed. The authors draw from numpy's global generator, so tied cells match theirs in distribution
 only; cells without ties match exactly.
 
 How it is fast: one numba kernel (compiled once, cached on disk) walks the CSR rows. Per cell it puts
@@ -67,8 +67,10 @@ def match_genes(gene_names, vocab: Vocab) -> GeneMatch:
     return GeneMatch(vocab.tokens_of(names), names)
 
 
-def tokenize(x_ng: sp.spmatrix, gene_names, vocab: Vocab, args: ScgptArgs, seed: int = 0) -> TokenizedCells:
-    """Tokens and binned values of every cell (rows of `x_ng`, raw counts; columns named by `gene_names`).
+def tokenize(x_ng: sp.spmatrix, gene_names, vocab: Vocab, args: ScgptArgs, seed: int = 0,
+             first_row: int = 0) -> TokenizedCells:
+    """Tokens and binned values of every cell (rows of `x_ng`, raw counts; columns named by `gene_names`);
+    `x_ng` holds rows `first_row`, `first_row + 1`, ... of the input (what the tie draws are keyed on).
 
     Cells with no vocabulary gene get `<cls>` alone and `n_genes` 0, for the caller to report; no
     matching column at all is an `InputError` (the names are probably not gene symbols).
@@ -83,12 +85,12 @@ def tokenize(x_ng: sp.spmatrix, gene_names, vocab: Vocab, args: ScgptArgs, seed:
     if not 0 <= int(seed) <= MAX_SEED:
         raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     x_ng = _counts_csr(x_ng)
-    genes_t, values_t, lengths_n, n_genes_n = _encode(x_ng, match.token_c, args, vocab.cls_id, int(seed))
+    genes_t, values_t, lengths_n, n_genes_n = _encode(x_ng, match.token_c, args, vocab.cls_id, int(seed), int(first_row))
     offsets = np.concatenate([[0], np.cumsum(lengths_n)]).astype(np.int64)
     return TokenizedCells(genes_t, values_t, offsets, n_genes_n, int(seed))
 
 
-def _encode(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cls_id: int, seed: int):
+def _encode(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cls_id: int, seed: int, first_row: int):
     """(genes, values, length and detected genes per cell), rows split between worker threads.
 
     Each thread writes a run of consecutive rows from where it would start if every stored value were a
@@ -109,8 +111,8 @@ def _encode(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cls_id: i
 
     def run(part: int) -> int:
         return _encode_rows(indptr, x_ng.indices, x_ng.data, token_c, bounds[part], bounds[part + 1], quantiles_e,
-                            max_genes, cls_id, np.float32(args.pad_value), np.uint64(seed), genes_t, values_t,
-                            starts[part], lengths_n, n_genes_n)
+                            max_genes, cls_id, np.float32(args.pad_value), np.uint64(seed), np.int64(first_row),
+                            genes_t, values_t, starts[part], lengths_n, n_genes_n)
 
     if len(bounds) == 2:
         ends = [run(0)]
@@ -149,8 +151,8 @@ def _worker_count() -> int:
 
 
 @njit(cache=True, nogil=True)
-def _encode_rows(indptr, indices, data, token_c, lo, hi, quantiles_e, max_genes, cls_id, pad_value, seed, genes_t,
-                 values_t, at, lengths_n, n_genes_n):
+def _encode_rows(indptr, indices, data, token_c, lo, hi, quantiles_e, max_genes, cls_id, pad_value, seed, first_row,
+                 genes_t, values_t, at, lengths_n, n_genes_n):
     """Writes `<cls>` and the (sampled) genes with their bins of rows lo..hi into `genes_t`/`values_t` from
     `at` on, and their lengths and detected genes; returns where the run ends.
 
@@ -203,7 +205,7 @@ def _encode_rows(indptr, indices, data, token_c, lo, hi, quantiles_e, max_genes,
                 sorted_k[p] = values_k[order[p]]
             _quantile_edges(sorted_k[:n], quantiles_e, edges_e)
             _count_edges_of_sorted(sorted_k[:n], order, edges_e, at_most_k, below_k)
-        state = _row_state(seed, i)
+        state = _row_state(seed, first_row + i)
         for k in range(n):  # the tie rule; the bins overwrite the values, which are no longer needed
             at_most, below = at_most_k[k], below_k[k]
             if at_most - below > 1:

@@ -124,6 +124,11 @@ class SCVIModel(SCVIValidator, BaseModelImplementation):
 
     default_batch_size = 128
 
+    @property
+    def embeds_cells_apart(self) -> bool:
+        """A Census reference maps each cell to its latent mean alone; `fit` trains on all cells."""
+        return self.is_reference
+
     def check_params(self) -> None:
         self.batch  # noqa: B018  (batch_key and batch_columns together are a ConfigError now, not at run time)
 

@@ -145,6 +145,11 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
     )
     default_batch_size = None  # from the free GPU memory; 4 on the CPU (see CellEncoder.auto_batch_size)
 
+    @property
+    def embeds_cells_apart(self) -> bool:
+        """Cells embed apart, but the contextual gene embeddings are gathered over all cells of the run."""
+        return not self.args.gene_embeddings
+
     def load(self, weights_dir: Path, device: str) -> None:
         from model_runners.transcriptformer.inference import CellEncoder, load_network
 

@@ -27,7 +27,7 @@ from czb_core.schema.report import Severity, ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.uce import files
-from model_runners.uce.sampler import CountsBlock, SentenceSpec, sample_sentences
+from model_runners.uce.sampler import CHUNK_CELLS, CountsBlock, SentenceSpec, sample_sentences
 
 MODEL_FILES = "model_files"  # the weights entry of the shared model files
 FILTER_MIN_CELLS, FILTER_MIN_GENES = 10, 25  # the authors' optional filter
@@ -75,6 +75,7 @@ class UceInputs:
     start_u: np.ndarray
     spec: SentenceSpec
     facts: dict
+    rows_n: np.ndarray  # each kept cell's row in the input: what its sentence's random draws are keyed on
 
 
 class UCE(UCEValidator, BaseModelImplementation):
@@ -90,9 +91,16 @@ class UCE(UCEValidator, BaseModelImplementation):
         Param("model_files", "str", "", "URI of the model files (default: the variant's)", label="Model files URI"),
     )
     default_batch_size = None  # the variant's GPU batch (resources) on a GPU, CPU_BATCH_SIZE on the CPU
+    row_alignment = CHUNK_CELLS  # the cells sampled from one generator
     RESOURCES = ("model_file", "n_heads", "sample_size", "pad_length", "pad_token", "chrom_token_right",
                  "cls_token", "token_file", "offsets_file", "chrom_file", "protein_embeddings_dir", "species",
                  "gpu_batch_size")
+
+    @property
+    def embeds_cells_apart(self) -> bool:
+        """Cells embed apart, unless the authors' filter is on: it keeps genes by how many cells of the whole
+        dataset detect them."""
+        return not self.args.filter
 
     def check_params(self) -> None:
         missing = [key for key in self.RESOURCES if key not in self.variant_config.resources]
@@ -177,7 +185,8 @@ class UCE(UCEValidator, BaseModelImplementation):
                  "genes without a chromosome position": table.n_without_position,
                  "cells dropped by the filter": [str(name) for name in dropped]}
         return UceInputs(CountsBlock(x_nu.indptr, x_nu.indices, x_nu.data), table.token_g[usable_g],
-                         table.chrom_g[usable_g], table.start_g[usable_g], spec, facts)
+                         table.chrom_g[usable_g], table.start_g[usable_g], spec, facts,
+                         manager.first_row + np.arange(manager.n_cells)[rows])
 
     def embed(self, inputs: UceInputs, batch_size, progress, cancel) -> RunOutput:
         on_cuda = self.model.device.startswith("cuda")
@@ -187,7 +196,7 @@ class UCE(UCEValidator, BaseModelImplementation):
         parts = []
         progress("embed", 0, n_cells)
         for tokens_nl, lengths_n in sample_sentences(inputs.block, inputs.token_u, inputs.chrom_u, inputs.start_u,
-                                                     inputs.spec, self.args.seed):
+                                                     inputs.spec, self.args.seed, inputs.rows_n):
             def after_batch(n_done: int, first: int = done) -> None:
                 progress("embed", first + n_done, n_cells)
                 cancel.check()

@@ -10,8 +10,8 @@ Vectorised: one inverse-CDF search draws every cell's genes (row index + cumulat
 sorted array serves all rows), one random key per (cell, chromosome) shuffles the chromosome order,
 and one row-wise sort of a single integer key (chromosome rank, rank of the gene by start) orders every
 drawn gene. Randomness comes from a
-generator seeded per chunk of `CHUNK_CELLS` consecutive cells, so a cell's sentence depends on the
-seed and its position, never on the batch size.
+generator seeded per group of `CHUNK_CELLS` consecutive input rows, so a cell's sentence depends on the
+seed and its row in the input, never on the batch size or on how a run splits the input into chunks.
 """
 
 from __future__ import annotations
@@ -117,10 +117,16 @@ def build_sentences(genes_ns: np.ndarray, token_g: np.ndarray, chrom_g: np.ndarr
 
 
 def sample_sentences(block: CountsBlock, token_g: np.ndarray, chrom_g: np.ndarray, start_g: np.ndarray,
-                     spec: SentenceSpec, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(`tokens_nl`, `lengths_n`) chunk after chunk of `CHUNK_CELLS` cells, in input order."""
-    for chunk, start in enumerate(range(0, block.n_cells, CHUNK_CELLS)):
-        rng = chunk_rng(seed, chunk)
-        part = block.rows(start, min(start + CHUNK_CELLS, block.n_cells))
+                     spec: SentenceSpec, seed: int, rows_n: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(`tokens_nl`, `lengths_n`) group after group of the block's cells, in input order; `rows_n` is each
+    cell's row in the input (increasing), and the cells of rows [k * CHUNK_CELLS, (k + 1) * CHUNK_CELLS)
+    draw from generator k."""
+    group_n = np.asarray(rows_n, dtype=np.int64) // CHUNK_CELLS
+    bounds = np.flatnonzero(np.diff(group_n)) + 1
+    for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(group_n)]])):
+        if start == stop:
+            continue
+        rng = chunk_rng(seed, int(group_n[start]))
+        part = block.rows(int(start), int(stop))
         genes_ns = draw_genes(part, spec.sample_size, rng)
         yield build_sentences(genes_ns, token_g, chrom_g, start_g, spec, rng)

@@ -90,3 +90,19 @@ def test_run_page_offers_geneformer_perturbation_inputs(small_h5ad):
     assert {"Delete genes", "Activate genes", "Map genes to tokens"} <= {t.label for t in at.text_input}
     assert "token_dictionary_file" not in helps  # a variant fact, not a parameter
     assert not next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_only_an_admin_can_force_a_streamed_run_from_the_run_page(small_h5ad, monkeypatch):
+    from pages.common import job_manager
+
+    monkeypatch.setenv("CZB_USER", "ann@lab.org")
+    record = Workspace().add_file(small_h5ad, owner="ann@lab.org")
+    at = page("run", dataset=record.sha256)
+    assert not [c for c in at.checkbox if c.label.startswith("Stream the matrix")]
+    monkeypatch.setenv("CZB_ADMINS", "ann@lab.org")
+    at = page("run", dataset=record.sha256)
+    next(c for c in at.checkbox if c.label.startswith("Stream the matrix")).check().run()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception
+    (job,) = job_manager().list()
+    assert job.spec.stream and job.model == "pca"

@@ -32,6 +32,7 @@ from model_runners.geneformer.inference import load_checkpoint
 from model_runners.geneformer.model import SHIFT_COLUMN, Geneformer
 from model_runners.geneformer.perturbation import resolve_perturbation
 from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizerSpec
+from tests.helpers.chunked import whole_and_chunked
 from tests.helpers.data import log_normalised
 from tests.helpers.geneformer_files import V1_SPECIALS, V2_SPECIALS, dictionary_contents, reference_tokens, write_dictionaries
 
@@ -162,6 +163,17 @@ def test_batched_embeddings_equal_the_one_cell_reference(config, store, small_ad
     cells = RankValueTokenizer(Geneformer(config, variant).load_dictionaries(store.root / "dicts"),
                                spec).tokenize(adata.X, adata.var_names)
     assert [cells.cell(i).tolist() for i in range(len(cells))] == expected_tokens
+
+
+def test_a_chunked_run_tokenizes_and_embeds_chunk_by_chunk_and_equals_the_whole_run(config, store, small_adata,
+                                                                                    write_h5ad, monkeypatch):
+    path = write_h5ad(varied_cells(small_adata, n_cells=30, seed=3))
+    whole, chunked, calls = whole_and_chunked(lambda: Geneformer(config, "v2", batch_size=4), path, monkeypatch, 7)
+    np.testing.assert_allclose(chunked.emb_nd, whole.emb_nd, atol=1e-5, rtol=0)
+    assert chunked.facts["reading"].startswith("streamed: 5 chunks of up to 7 cells")
+    embed_calls = [(done, total) for step, done, total in calls if step == "embed"]
+    assert embed_calls[-1] == (30, 30) and all(total == 30 for _, total in embed_calls)
+    assert [done for done, _ in embed_calls] == sorted(done for done, _ in embed_calls)  # never goes back
 
 
 def test_cell_mode_and_last_layer_on_v2(config, store, small_adata, write_h5ad):

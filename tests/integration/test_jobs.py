@@ -264,6 +264,23 @@ def test_same_spec_is_a_cache_hit(start, dataset):
     assert len(run.calls) == 3
 
 
+def test_an_admin_streamed_run_is_its_own_result_and_reads_in_blocks(workspace, dataset, small_adata):
+    manager = JobManager(workspace)
+    try:
+        with pytest.raises(ConfigError, match="uses all cells at once"):  # scVI fit trains on every cell
+            manager.submit(dataset.sha256, "scvi", "fit", stream=True, score=False)
+        memory = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 8}, score=False).id,
+                          {"done", "failed"}, timeout=300)
+        streamed = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 8}, score=False,
+                                                    stream=True).id, {"done", "failed"}, timeout=300)
+    finally:
+        manager.shutdown()
+    assert memory.status == streamed.status == "done", (memory.error, streamed.error)
+    assert streamed.id != memory.id
+    readings = [ad.read_h5ad(j.artifact_dir / "embedding.h5ad").uns["czb_run"]["reading"] for j in (memory, streamed)]
+    assert readings == ["in memory", "streamed"]
+
+
 def test_submit_refuses_what_cannot_run(start, dataset):
     manager = start(FakeRun(), start_workers=False)
     with pytest.raises(KeyError, match="not found"):

@@ -27,6 +27,7 @@ from czb_core.models.registry import get_model
 from czb_core.schema.datasets import SingleCellDataset
 from czb_core.types import DataType, ModelType
 from model_runners.scgpt.model import Scgpt
+from tests.helpers.chunked import whole_and_chunked
 from tests.helpers.data import log_normalised
 from tests.helpers.scgpt_files import PlainScgpt, write_checkpoint, write_pickled_checkpoint
 
@@ -150,6 +151,15 @@ def test_batched_embeddings_equal_the_one_cell_reference_in_any_batch_size_and_o
     order = np.random.default_rng(1).permutation(adata.n_obs)
     shuffled = run_reference_flow(config, write_h5ad(adata[order].copy()), batch_size=7, precision="fp32")
     np.testing.assert_allclose(shuffled, expected[order], atol=1e-5, rtol=0)
+
+
+def test_a_chunked_run_draws_the_same_ties_and_equals_the_whole_run(config, small_adata, write_h5ad, monkeypatch):
+    adata = small_adata[:30].copy()  # small whole counts: many ties, so the seeded tie draws matter
+    path = write_h5ad(adata)
+    whole, chunked, _ = whole_and_chunked(lambda: Scgpt(config, "human", batch_size=4, precision="fp32", seed=5),
+                                          path, monkeypatch, 8)
+    np.testing.assert_allclose(chunked.emb_nd, whole.emb_nd, atol=1e-5, rtol=0)
+    assert chunked.facts["reading"].startswith("streamed: 4 chunks of up to 8 cells")
 
 
 def test_mean_mode_equals_the_reference(config, store, small_adata, write_h5ad):

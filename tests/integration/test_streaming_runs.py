@@ -59,8 +59,8 @@ def test_czb_run_stream_on_a_csc_file_converts_once_and_matches_the_in_memory_ru
 def test_a_file_too_large_for_memory_streams_or_is_refused_before_reading(cells, monkeypatch):
     _, path = cells
     little_memory(monkeypatch, available=1000)
-    streaming = SimpleNamespace(streams=True)
-    whole_only = SimpleNamespace(streams=False)
+    streaming = SimpleNamespace(can_stream=True)
+    whole_only = SimpleNamespace(can_stream=False)
     assert reading_mode(path, "X", streaming, None) == "streamed"
     with pytest.raises(InputError, match="too large to read into memory.*czb run --stream"):
         reading_mode(path, "X", streaming, False)
@@ -76,7 +76,7 @@ def test_a_model_that_cannot_stream_says_so(cells):
     from czb_core.errors import ConfigError
 
     _, path = cells
-    with pytest.raises(ConfigError, match="cannot read a dataset in blocks yet"):
+    with pytest.raises(ConfigError, match="uses all cells at once, so it cannot read a dataset in blocks"):
         embed_file(path, "scvi", variant="fit", params={"max_epochs": 1}, stream=True)
 
 

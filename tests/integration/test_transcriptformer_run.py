@@ -33,6 +33,7 @@ from czb_core.types import DataType, ModelType, Organism
 from model_runners.transcriptformer.files import load_checkpoint_files
 from model_runners.transcriptformer.inference import load_network
 from model_runners.transcriptformer.model import LLH_COLUMN, Transcriptformer
+from tests.helpers.chunked import whole_and_chunked
 from tests.helpers.transcriptformer_files import ASSAYS, SPECIAL_TOKENS, TINY, tar_gz, write_checkpoint
 
 N_VOCAB_GENES = 220  # of the 300 genes of `small_adata`; the rest are outside the vocabulary
@@ -232,6 +233,17 @@ def test_batched_outputs_equal_the_one_cell_reference(config, store, small_adata
     assert impl.report.facts["attention"] == "eager"
     _, _, flex_nd = run_variant(config, "tf_sapiens", path, batch_size=5, attention="flex")
     np.testing.assert_allclose(flex_nd, expected_emb, atol=2e-5, rtol=0)
+
+
+def test_a_chunked_run_equals_the_whole_run_and_keeps_the_likelihoods(config, store, small_adata, write_h5ad,
+                                                                      monkeypatch):
+    path = write_h5ad(varied_cells(small_adata, n_cells=20, seed=2))
+    whole, chunked, _ = whole_and_chunked(lambda: Transcriptformer(config, "tf_sapiens", batch_size=3), path,
+                                          monkeypatch, 6, organism=Organism.HUMAN)
+    np.testing.assert_allclose(chunked.emb_nd, whole.emb_nd, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(chunked.obs[LLH_COLUMN], whole.obs[LLH_COLUMN], rtol=2e-5)
+    assert Transcriptformer(config, "tf_sapiens").can_stream
+    assert not Transcriptformer(config, "tf_sapiens", gene_embeddings=["ENSG00000000003"]).can_stream
 
 
 def test_clip_counts_and_a_shared_gene_in_two_tables(config, store, small_adata, write_h5ad):

@@ -18,10 +18,10 @@ import pytest
 import scipy.sparse as sp
 
 from czb_core.cli import main
-from czb_core.errors import DatasetValidationError, WeightsError
+from czb_core.errors import ConfigError, DatasetValidationError, WeightsError
 from czb_core.io.header import read_header
 from czb_core.models.compatibility import check_variant
-from czb_core.models.pipeline import embed_file
+from czb_core.models.pipeline import embed_file, write_run_h5ad
 from czb_core.models.registry import get_model
 from czb_core.models.safe_pickle import UnsafePickleError
 from czb_core.schema.datasets import SingleCellDataset
@@ -136,7 +136,7 @@ def runner_sentences(impl: UCE, manager_path, config) -> tuple[np.ndarray, np.nd
     manager = impl.data_manager(read_header(manager_path)).bind(adata)
     inputs = impl.prepare(np.flatnonzero(manager.cells_kept_n), manager)
     parts = list(sample_sentences(inputs.block, inputs.token_u, inputs.chrom_u, inputs.start_u, inputs.spec,
-                                  impl.args.seed))
+                                  impl.args.seed, inputs.rows_n))
     return np.concatenate([t for t, _ in parts]), np.concatenate([n for _, n in parts])
 
 
@@ -215,6 +215,29 @@ def test_filter_drops_cells_and_keeps_the_others_in_input_order(config, small_ad
     plain = embed_file(path, "uce", "4l", params={"batch_size": 8, "model_files": files_uri}, weights=model_uri,
                        device="cpu")
     assert plain.emb_nd.shape[0] == 30
+
+
+def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(config, small_adata, write_h5ad, monkeypatch,
+                                                                     tmp_path):
+    from czb_core.streaming import chunks
+    from model_runners.uce import sampler
+
+    monkeypatch.setattr(sampler, "CHUNK_CELLS", 8)  # three generators over 24 cells, one per chunk
+    monkeypatch.setattr(UCE, "row_alignment", 8)
+    monkeypatch.setattr(chunks, "MAX_CHUNK_ROWS", 10)  # rounded down to whole groups: chunks of 8
+    path = write_h5ad(human_cells(small_adata))
+    model_uri, files_uri = config.variant("4l").weights["model"], config.variant("4l").weights[MODEL_FILES]
+    params = {"batch_size": 5, "model_files": files_uri, "seed": 4}
+    whole = embed_file(path, "uce", "4l", params=params, weights=model_uri, device="cpu", stream=False)
+    streamed = embed_file(path, "uce", "4l", params=params, weights=model_uri, device="cpu", stream=True)
+    np.testing.assert_allclose(streamed.emb_nd, whole.emb_nd, atol=1e-6)
+    assert streamed.record["reading"] == "streamed" and "3 chunks of up to 8 cells" in streamed.record["facts"]["reading"]
+    assert streamed.record["facts"]["genes used"] == HUMAN_PLACED  # the same in every chunk: kept once
+    assert list(streamed.obs.index) == list(whole.obs.index)
+    write_run_h5ad(streamed, tmp_path / "streamed.h5ad")  # the embedding on disk is written like any other
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "streamed.h5ad").obsm["X_uce"], whole.emb_nd, atol=1e-6)
+    with pytest.raises(ConfigError, match="uses all cells at once"):  # the filter counts cells of the whole file
+        embed_file(path, "uce", "4l", params={**params, "filter": True}, weights=model_uri, device="cpu", stream=True)
 
 
 def test_mouse_runs_on_uce_and_is_refused_by_geneformer(config, served, write_h5ad):

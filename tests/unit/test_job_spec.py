@@ -20,3 +20,11 @@ def test_a_spec_stored_with_metric_options_still_loads():
     old = json.dumps({"dataset_sha256": "sha", "model": "pca", "variant": "default", "params": {},
                       "organism": None, "weights": None, "metrics": {"label_key": "cell_type"}})
     assert JobSpec.from_json(old) == JobSpec("sha", "pca", "default")
+
+
+def test_streaming_names_its_own_result_and_leaves_earlier_keys_as_they_were():
+    plain = JobSpec("sha", "geneformer", "v2")
+    streamed = JobSpec("sha", "geneformer", "v2", stream=True)
+    assert streamed.key() != plain.key()
+    assert "stream" not in json.loads(plain.to_json())  # a key made before streaming existed is still found
+    assert JobSpec.from_json(streamed.to_json()) == streamed

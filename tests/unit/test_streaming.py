@@ -162,3 +162,30 @@ def test_streamed_baseline_matches_the_in_memory_baseline_and_its_metrics(tmp_pa
     assert len(shared) > 10
     np.testing.assert_allclose(tables[1].loc[shared, "model"].to_numpy(float),
                                tables[0].loc[shared, "model"].to_numpy(float), atol=0.01)
+
+
+def test_facts_of_chunks_merge_into_one_run():
+    from czb_core.streaming.chunks import merge_facts
+
+    parts = [{"genes used": 120, "cells truncated": 2, "dropped": ["a"], "mode": "cls", "precision": "fp32"},
+             {"genes used": 120, "cells truncated": 5, "dropped": [], "mode": "cls"},
+             {"genes used": 120, "cells truncated": 0, "dropped": ["b", "c"], "mode": "cls"}]
+    assert merge_facts(parts) == {"genes used": 120, "cells truncated": 7, "dropped": ["a", "b", "c"],
+                                  "mode": "cls", "precision": "fp32"}
+    assert merge_facts([{"shape": np.zeros(2)}, {"shape": np.ones(2)}])["shape"].tolist() == [0, 0]
+
+
+def test_an_embedding_written_chunk_by_chunk_to_disk_reads_back_in_order(tmp_path, monkeypatch):
+    from czb_core.streaming.chunks import EmbeddingOnDisk
+
+    from czb_core.config import get_settings
+
+    monkeypatch.setenv("CZB_WORKSPACE", str(tmp_path))
+    out = EmbeddingOnDisk(max_rows=10)
+    parts = [np.full((3, 4), k, dtype=np.float64) for k in range(3)]
+    for part in parts:
+        out.append(part)
+    emb_nd = out.finish()
+    assert emb_nd.shape == (9, 4) and emb_nd.dtype == np.float32
+    np.testing.assert_array_equal(emb_nd, np.concatenate(parts))
+    assert not list((get_settings().workspace / "chunked").glob("*"))  # unlinked once mapped: nothing left behind

@@ -109,12 +109,24 @@ def test_sentences_depend_on_seed_and_position_not_on_how_cells_are_grouped():
     rng = np.random.default_rng(4)
     x = sp.csr_matrix(rng.integers(0, 3, (CHUNK_CELLS + 10, 80)) + (np.arange(80) == 0))
     block = CountsBlock(x.indptr, x.indices, x.data)
-    first = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=5)]
-    again = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=5)]
-    other = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=6)]
+    rows_n = np.arange(x.shape[0])
+    first = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=5, rows_n=rows_n)]
+    again = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=5, rows_n=rows_n)]
+    other = [t for t, _ in sample_sentences(block, token_g, chrom_g, start_g, SPEC, seed=6, rows_n=rows_n)]
     assert [len(t) for t in first] == [CHUNK_CELLS, 10]
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[0], other[0])
+    # the last 10 cells sampled on their own, as the second chunk of a chunked run: the same sentences
+    tail = x[CHUNK_CELLS:]
+    alone = [t for t, _ in sample_sentences(CountsBlock(tail.indptr, tail.indices, tail.data), token_g, chrom_g,
+                                            start_g, SPEC, seed=5, rows_n=rows_n[CHUNK_CELLS:])]
+    assert np.array_equal(alone[0], first[1])
+    # cells left out of one group (a filter) do not move the draws of the next group: keyed by input row
+    kept = np.r_[0:5, 7:CHUNK_CELLS + 10]
+    part = x[kept]
+    gapped = [t for t, _ in sample_sentences(CountsBlock(part.indptr, part.indices, part.data), token_g, chrom_g,
+                                             start_g, SPEC, seed=5, rows_n=kept)]
+    assert np.array_equal(gapped[1], first[1])
 
 
 def test_a_cell_spanning_too_many_chromosomes_is_refused():

@@ -189,6 +189,7 @@ class JobRunner:
         return self._halving_batch_on_oom(job, lambda params: self.run_fn(
             path, spec.model, spec.variant, organism=organism, params=params, weights=spec.weights,
             device=job.device, progress=progress, cancel=token, input_sha256=spec.dataset_sha256,
+            **({"stream": True} if spec.stream else {}),
         ))
 
     def _train_lab(self, job: Job, token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:

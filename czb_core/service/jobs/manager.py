@@ -149,6 +149,7 @@ class JobManager:
         self, dataset_sha256: str, model: str, variant: Optional[str] = None, params: Optional[dict] = None,
         organism: Optional[str] = None, weights: Optional[str] = None, owner: Optional[str] = None,
         metrics: MetricOptions | dict | None = None, device: Optional[str] = None, score: bool = True,
+        stream: bool = False,
     ) -> Job:
         """Queue a run; or return the done job with the same spec (a cache hit: status `done` at once),
         or the queued/running one (a second click joins it). With `score`, a scoring run with `metrics`
@@ -159,14 +160,19 @@ class JobManager:
         differing from the defaults name the run. Raises KeyError for an unknown dataset and ConfigError for
         an unknown model, variant, parameter, organism, a GPU that is not there or a run whose estimated
         memory does not fit the GPU's free memory, and QuotaError (a ConfigError) past a per-user limit, before
-        anything waits in a queue.
+        anything waits in a queue. `stream` reads the matrix in row blocks whatever its size (`czb run
+        --stream`); a model that cannot is a ConfigError here too.
         """
         config = get_model(model)
         score = score and config.model_type not in PREDICTION_MODELS  # a prediction is read on the Results page
         variant_config = config.variant(variant)
-        schema = config.load_implementation().param_schema(variant_config)
+        implementation_class = config.load_implementation()
+        schema = implementation_class.param_schema(variant_config)
         spec = JobSpec(dataset_sha256, model, variant_config.name, schema.changed(schema.resolve(params)),
-                       _organism_name(organism), weights)
+                       _organism_name(organism), weights, stream)
+        if stream and not implementation_class(config, variant_config.name, **spec.params).can_stream:
+            raise ConfigError(f"{config.display_name} / {variant_config.name} with these parameters uses all cells "
+                              "at once, so it cannot read the matrix in blocks; run it without streaming")
         options = metrics if isinstance(metrics, MetricOptions) else MetricOptions.from_dict(metrics or {})
         owner = owner or get_settings().user
         job = self._submit(spec, owner, self._device_for(model, device))
