@@ -28,7 +28,7 @@ from pages.common import (current_user, dataset_header, job_manager, recall, rem
                           scope)
 from pages.params_form import parameter_form
 
-POLL_S = 3
+POLL_S = 5
 
 st.title("Run")
 record = require_dataset()
