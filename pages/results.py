@@ -145,7 +145,7 @@ except InputError as exc:  # a text column asked for as a continuous scale
     st.stop()
 figure, n_drawn = umap_grid(panels, obs_names, colour_by, max_points=MAX_POINTS, kind=kind)
 for j in chosen:
-    if (note := umap_note(len(runs[j][0]))) is not None:
+    if (note := umap_note(len(runs[j][0]), stratified_by=runs[j][1].get("umap", {}).get("stratified_by"))):
         st.caption(f"{labels[j]}: {note}.")
 if n_drawn < header.n_obs:
     st.caption(f"Showing {n_drawn:,} of {header.n_obs:,} cells: a stratified subsample by '{colour_by}' "

@@ -24,12 +24,14 @@ TRANSFORM_ROWS = 100_000  # cells placed per transform call, so its neighbour se
 
 
 def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5,
-                 fit_max: int = UMAP_FIT_MAX) -> np.ndarray:
+                 fit_max: int = UMAP_FIT_MAX, labels_n=None) -> np.ndarray:
     """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out: an error.
 
-    Above `fit_max` cells (an atlas), the layout is fitted on `fit_max` cells drawn with `seed` and the
-    others are placed into it by umap-learn's `transform`, block by block: the fit's cost grows faster than
-    linearly with the cells, the transform's linearly (`umap_note` says so on the page)."""
+    Above `fit_max` cells (an atlas), the layout is fitted on about `fit_max` cells drawn with `seed` and
+    the others are placed into it by umap-learn's `transform`, block by block: the fit's cost grows faster
+    than linearly with the cells, the transform's linearly (`umap_note` says so on the page). With
+    `labels_n` the sample keeps each label's share and at least `MIN_PLOT_CLASS` cells of a rare one, so a
+    rare cell type has a place of its own in the layout rather than being placed among its neighbours."""
     n_cells = emb_nd.shape[0]
     if n_cells < 3:
         raise InputError(f"a UMAP needs at least 3 cells; this run has {n_cells}")
@@ -37,8 +39,12 @@ def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_d
 
     umap = import_umap()  # numba compiles (or loads its disk cache) on first import: not at module import
     emb_nd = np.asarray(emb_nd, dtype=np.float32)
-    fit_rows = np.arange(n_cells) if n_cells <= fit_max else np.sort(
-        np.random.default_rng(seed).choice(n_cells, fit_max, replace=False))
+    if n_cells <= fit_max:
+        fit_rows = np.arange(n_cells)
+    elif labels_n is not None:
+        fit_rows = stratified_subsample(labels_n, fit_max, seed)
+    else:
+        fit_rows = np.sort(np.random.default_rng(seed).choice(n_cells, fit_max, replace=False))
     reducer = umap.UMAP(
         n_neighbors=min(n_neighbors, len(fit_rows) - 1), min_dist=min_dist, n_components=2, random_state=seed,
         n_epochs=UMAP_EPOCHS,
@@ -57,12 +63,13 @@ def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_d
     return umap_n2
 
 
-def umap_note(n_cells: int, fit_max: int = UMAP_FIT_MAX) -> Optional[str]:
+def umap_note(n_cells: int, fit_max: int = UMAP_FIT_MAX, stratified_by: Optional[str] = None) -> Optional[str]:
     """What the page says about a layout that was not fitted on every cell; None when it was."""
     if n_cells <= fit_max:
         return None
-    return (f"UMAP fitted on {fit_max:,} of {n_cells:,} cells (a seeded sample); the other {n_cells - fit_max:,} "
-            "were placed into that layout by umap-learn's transform")
+    sample = (f"a seeded sample keeping each {stratified_by!r} value's share" if stratified_by else "a seeded sample")
+    return (f"UMAP fitted on about {fit_max:,} of {n_cells:,} cells ({sample}); the others were placed into that "
+            "layout by umap-learn's transform")
 
 
 def stratified_subsample(labels_n, max_points: int = 200_000, seed: int = 0) -> np.ndarray:

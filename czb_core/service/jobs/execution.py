@@ -42,6 +42,7 @@ from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, Job, JobStore
 from czb_core.service.workspace import Workspace
 from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
+from czb_core.tasks.column_roles import suggest_columns
 from czb_core.viz.umap import compute_umap
 
 log = logging.getLogger(__name__)
@@ -250,9 +251,12 @@ class JobRunner:
         last, as the mark of a complete set."""
         record = json.loads((artifact_dir / PENDING_RECORD_JSON).read_text())
         if not is_prediction_record(record):
-            emb_nd, _, _ = read_embedding(artifact_dir)
+            emb_nd, obs, _ = read_embedding(artifact_dir)
+            label = suggest_columns(obs).label  # an atlas's layout is fitted on a sample that keeps its cell types
+            record["umap"] = {"stratified_by": label}
             progress("umap", 0, 1)
-            umap_n2 = compute_umap(emb_nd, seed=int(record.get("seed") or 0))
+            umap_n2 = compute_umap(emb_nd, seed=int(record.get("seed") or 0),
+                                   labels_n=None if label is None else obs[label])
             progress("umap", 1, 1)
             token.check()
             np.save(artifact_dir / UMAP_NPY, umap_n2)
