@@ -466,7 +466,7 @@ def test_cli_refuses_a_bad_file_with_exit_2(tmp_path, small_adata, capsys):
 
 @pytest.fixture
 def manager(workspace, monkeypatch):
-    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     release = threading.Event()
     started = threading.Event()
 

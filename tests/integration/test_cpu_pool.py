@@ -39,7 +39,7 @@ def umap_gate(monkeypatch):
     gate = threading.Event()
     inside = []
 
-    def gated_umap(emb_nd, seed=0):
+    def gated_umap(emb_nd, seed=0, labels_n=None):
         inside.append(seed)
         assert gate.wait(20)
         return emb_nd[:, :2].copy()
@@ -117,7 +117,7 @@ def test_a_cancel_while_waiting_for_the_umap_removes_the_files(start, dataset, u
 
 
 def test_a_restart_runs_again_the_umap_of_an_embedded_job(start, workspace, dataset, monkeypatch):
-    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     store = JobStore(workspace.db_path)
     first = start(start_workers=False)
     job = first.submit(dataset.sha256, "pca", params={"n_comps": 3}, score=False)
@@ -129,7 +129,7 @@ def test_a_restart_runs_again_the_umap_of_an_embedded_job(start, workspace, data
 
 
 def test_a_umap_error_fails_the_job_alone(start, dataset, monkeypatch):
-    def umap(emb_nd, seed=0):
+    def umap(emb_nd, seed=0, labels_n=None):
         if seed == 7:
             raise ValueError("umap: disconnected graph")
         return emb_nd[:, :2].copy()

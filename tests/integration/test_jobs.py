@@ -74,7 +74,7 @@ def wait_for_scores(manager, job_id, timeout=300.0):
 @pytest.fixture
 def fake_manager(monkeypatch):
     """A manager on worker threads with a stand-in model run and UMAP, without scoring: the job layer alone."""
-    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     manager = JobManager(Workspace(), run_fn=FakeRun(), score=False, processes=False)
     yield manager
     manager.shutdown(timeout=5)
@@ -82,7 +82,7 @@ def fake_manager(monkeypatch):
 
 @pytest.fixture
 def fast_umap(monkeypatch):
-    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0: emb_nd[:, :2].copy())
+    monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
 
 
 @pytest.fixture
