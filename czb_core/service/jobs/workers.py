@@ -61,9 +61,12 @@ def work_loop(take_one: Callable[[], bool], name: str, stop: Callable[[], bool],
         wait(IDLE_POLL_S)
 
 
-def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int]) -> Callable[[], bool]:
+def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int],
+                         server_pid: int) -> Callable[[], bool]:
     """In a fresh worker process: log to `log_path`, optionally under a data-size limit. Returns its
-    `stop`: true once the parent (the server) is gone."""
+    `stop`: true once the server (`server_pid`, the process that started it) is no longer its parent. The
+    server's pid comes from the server, not from `getppid` here: a worker started while the server dies
+    would otherwise take its new parent (init) for the server and never stop."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # native crashes write to the file descriptors, not to sys.stderr
     os.dup2(fd, 2)
@@ -73,15 +76,14 @@ def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int
 
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    parent = os.getppid()
     log.info("worker %s started", name)
-    return lambda: os.getppid() != parent
+    return lambda: os.getppid() != server_pid
 
 
 def worker_main(workspace_root: str, device: str, run_fn: Callable, log_path: str,
-                memory_limit_mb: Optional[int]) -> None:
+                memory_limit_mb: Optional[int], server_pid: int) -> None:
     """A device worker process: embeds the device's jobs until the server is gone."""
-    stop = start_worker_process(device, log_path, memory_limit_mb)
+    stop = start_worker_process(device, log_path, memory_limit_mb, server_pid)
     bind_process_to(device)
     workspace = Workspace(Path(workspace_root))
     runner = JobRunner(workspace, JobStore(workspace.db_path), run_fn)
@@ -90,9 +92,9 @@ def worker_main(workspace_root: str, device: str, run_fn: Callable, log_path: st
 
 
 def cpu_worker_main(workspace_root: str, name: str, score: bool, log_path: str,
-                    memory_limit_mb: Optional[int]) -> None:
+                    memory_limit_mb: Optional[int], server_pid: int) -> None:
     """A CPU pool worker process: UMAPs and scoring runs until the server is gone."""
-    stop = start_worker_process(name, log_path, memory_limit_mb)
+    stop = start_worker_process(name, log_path, memory_limit_mb, server_pid)
     workspace = Workspace(Path(workspace_root))
     tasks = CpuTasks(workspace, JobStore(workspace.db_path), score)
     pid = os.getpid()
@@ -131,7 +133,7 @@ class WorkerProcess:
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(
             target=self.target, name=f"czb-worker-{self.name}", daemon=True,
-            args=(str(self.workspace.root), *self.args, str(self.log_path), self.memory_limit_mb),
+            args=(str(self.workspace.root), *self.args, str(self.log_path), self.memory_limit_mb, os.getpid()),
         )
         self.process.start()
 
