@@ -43,6 +43,10 @@ class BaseModelImplementation(ABC):
     default_batch_size: ClassVar[Optional[int]] = 64  # None: chosen from free GPU memory by the runner
     streams: ClassVar[bool] = False  # True: `embed_blocks` reads a dataset larger than memory in row blocks
     row_alignment: ClassVar[int] = 1  # cells drawing from one seeded generator: chunks and shards never split them
+    # True when a cell's embedding depends on that cell alone (and on its row, for seeded draws), so cells can be
+    # embedded in chunks or shards apart with the same result: a pretrained network's inference, not a model
+    # fitted on the dataset or a prediction. A runner whose answer depends on its parameters makes it a property.
+    embeds_cells_apart: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -211,17 +215,17 @@ class BaseModelImplementation(ABC):
         raise NotImplementedError(f"{self.display_name} does not stream")
 
     @property
-    def embeds_cells_apart(self) -> bool:
-        """True when a cell's embedding depends on that cell alone (and on its row, for seeded draws), so the
-        cells can be embedded in chunks or shards apart with the same result: a pretrained network's
-        inference does, a model fitted on the dataset or a prediction does not. Off unless a runner says so."""
-        return False
-
-    @property
     def can_stream(self) -> bool:
         """Whether a dataset larger than memory can run: fitted over row blocks (`streams`) or embedded in
         chunks (`embeds_cells_apart`)."""
         return self.streams or self.embeds_cells_apart
+
+    def check_can_stream(self) -> None:
+        """A ConfigError, with the way out, when this variant with these parameters cannot read in blocks."""
+        if not self.can_stream:
+            raise ConfigError(f"{self.display_name} / {self.variant} with these parameters uses all cells at once, "
+                              "so it cannot read a dataset in blocks; run it without streaming, on a subset of "
+                              "the cells, or on a machine with more memory")
 
     # -- the flow ----------------------------------------------------------------------------------
 
@@ -281,10 +285,7 @@ class BaseModelImplementation(ABC):
         dirs = self.fetch_weights(progress, cancel)
         cancel.check()
         if open_blocks is not None:
-            if not self.can_stream:
-                raise ConfigError(f"{self.display_name} / {self.variant} with these parameters uses all cells at "
-                                  "once, so it cannot read a dataset in blocks. Run it on a subset of the cells, or "
-                                  "on a machine with more memory")
+            self.check_can_stream()
             with open_blocks() as blocks:
                 if self.streams:
                     self.load_model(resolve_device(device))

@@ -59,15 +59,13 @@ def embed_in_chunks(implementation, manager: DataManager, blocks: RowBlocks, *, 
     for lo in range(0, n_cells, step):
         hi = min(lo + step, n_cells)
         x_ng = blocks.read(lo, hi)
+
         def chunk_progress(name: str, done: int, total: int, lo: int = lo) -> None:
             if name == EMBED_STEP:
                 progress(EMBED_STEP, lo + done, n_cells)
 
         output, kept_k = embed_rows(implementation, manager.header, manager.organism_given, x_ng,
                                     manager.header.obs.iloc[lo:hi], lo, device, cancel, chunk_progress)
-        if output.pred_ng is not None or output.extras:
-            raise ConfigError(f"{implementation.display_name} makes a prediction or side outputs, which cannot be "
-                              "gathered chunk by chunk; run it on a dataset that fits in memory")
         out.append(output.emb_nd)
         kept_n[lo:hi] = kept_k
         for name, values in output.obs.items():
@@ -91,9 +89,13 @@ def embed_rows(implementation, header: DatasetHeader, organism, x_ng: sp.csr_mat
                first_row: int, device: Optional[str], cancel: CancelToken,
                progress: ProgressCallback = no_progress) -> tuple[RunOutput, np.ndarray]:
     """(RunOutput, kept_n) of the runner's usual flow (`execute`) on these rows alone: rows
-    [first_row, first_row + n) of the input that `header` describes, with their `obs`."""
+    [first_row, first_row + n) of the input that `header` describes, with their `obs`. An embedding only:
+    a prediction or side outputs of some cells do not add up to those of all of them."""
     rows = rows_manager(implementation, header, organism, x_ng, obs, first_row)
     output = implementation.execute(rows, device=device, progress=progress, cancel=cancel)
+    if output.pred_ng is not None or output.extras:
+        raise ConfigError(f"{implementation.display_name} makes a prediction or side outputs, which cannot be "
+                          "gathered from chunks or shards; run it in one piece (without --stream or Ray)")
     return output, rows.cells_kept_n
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from czb_core.errors import ConfigError
 from czb_core.io.header import DatasetHeader
 from czb_core.models.device import resolve_device
 from czb_core.models.registry import ModelConfig
@@ -140,9 +139,6 @@ class ShardWorker:
         else:
             output, kept_n = embed_rows(self.implementation, self.job.header, self.job.organism, x_ng, obs, shard.lo,
                                         self.job.device, CancelToken())
-            if output.pred_ng is not None or output.extras:
-                raise ConfigError(f"{self.implementation.display_name} makes a prediction or side outputs, which a "
-                                  "sharded run cannot merge; run it without Ray")
             emb_kd, per_cell = output.emb_nd, output.obs  # rows of the kept cells only
         t2 = time.perf_counter()
         write_shard(self.job, shard, np.asarray(emb_kd, dtype=np.float32), kept_n, per_cell)

@@ -41,8 +41,8 @@ from czb_core.service.jobs.artifacts import (EMBEDDING_H5AD, PENDING_RECORD_JSON
 from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, Job, JobStore
 from czb_core.service.workspace import Workspace
 from czb_core.tokenizer_lab import LAB_MODEL
-from czb_core.types import Organism
 from czb_core.tasks.column_roles import suggest_columns
+from czb_core.types import Organism
 from czb_core.viz.umap import compute_umap
 
 log = logging.getLogger(__name__)

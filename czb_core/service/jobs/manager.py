@@ -170,9 +170,8 @@ class JobManager:
         schema = implementation_class.param_schema(variant_config)
         spec = JobSpec(dataset_sha256, model, variant_config.name, schema.changed(schema.resolve(params)),
                        _organism_name(organism), weights, stream)
-        if stream and not implementation_class(config, variant_config.name, **spec.params).can_stream:
-            raise ConfigError(f"{config.display_name} / {variant_config.name} with these parameters uses all cells "
-                              "at once, so it cannot read the matrix in blocks; run it without streaming")
+        if stream:
+            implementation_class(config, variant_config.name, **spec.params).check_can_stream()
         options = metrics if isinstance(metrics, MetricOptions) else MetricOptions.from_dict(metrics or {})
         owner = owner or get_settings().user
         job = self._submit(spec, owner, self._device_for(model, device))
