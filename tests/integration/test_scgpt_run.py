@@ -169,7 +169,7 @@ def test_mean_mode_equals_the_reference(config, store, small_adata, write_h5ad):
 
 
 @pytest.mark.parametrize("shape", ["symbols_in_var_names", "counts_layer", "raw"])
-def test_the_counts_and_symbols_are_found_where_users_keep_them(config, small_adata, write_h5ad, shape):
+def test_the_counts_and_symbols_are_found_where_users_keep_them(config, small_adata, write_h5ad, shape, monkeypatch):
     adata = distinct_counts(small_adata, n_cells=12, seed=3)
     expected = run_reference_flow(config, write_h5ad(adata), batch_size=5)
     user = adata.copy()
@@ -182,7 +182,10 @@ def test_the_counts_and_symbols_are_found_where_users_keep_them(config, small_ad
     else:
         user.raw = user.copy()
         user = log_normalised(user)
-    np.testing.assert_allclose(run_reference_flow(config, write_h5ad(user), batch_size=5), expected, atol=1e-6)
+    path = write_h5ad(user)
+    np.testing.assert_allclose(run_reference_flow(config, path, batch_size=5), expected, atol=1e-6)
+    _, chunked, _ = whole_and_chunked(lambda: Scgpt(config, "human", batch_size=5), path, monkeypatch, 5)
+    np.testing.assert_allclose(chunked.emb_nd, expected, atol=1e-5)  # streamed, the counts are found there too
 
 
 # ----------------------------------------------------------------------------- czb run end to end
