@@ -60,7 +60,7 @@ class Shares:
 
     def revoke_share(self, token: str, scope: Optional[str] = None) -> None:
         """The link stops working at once; someone else's (or an unknown) link is "not found"."""
-        with open_db(self.store.db_path) as conn:
+        with open_db(self.store.db_path, immediate=True) as conn:  # read then write: no writer may come between
             row = conn.execute("SELECT owner FROM shares WHERE token = ?", (token,)).fetchone()
             if row is None or not visible(row["owner"], scope):
                 raise KeyError("share link not found")
