@@ -42,3 +42,7 @@ class DeviceOutOfMemory(CzbError):
     def __init__(self, batch_size: int):
         super().__init__(f"CUDA out of memory at batch size {batch_size}")
         self.batch_size = batch_size
+
+
+class StorageError(CzbError):
+    """The server's disk or job database refused a write (disk full, I/O error): nothing the user did."""

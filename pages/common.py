@@ -1,6 +1,6 @@
 """What every page shares: the process-wide job manager, the workspace, and the current dataset.
 
-The current dataset and job live in the URL (`?dataset=<sha256>&job=<id>`), so a refresh or a bookmark
+The current dataset record and job live in the URL (`?dataset=<record id>&job=<id>`), so a refresh or a bookmark
 comes back to the same place; a new browser session starts with none open, and the Dataset page lists
 the user's datasets to reopen.
 """
@@ -12,6 +12,7 @@ from typing import Optional
 import streamlit as st
 
 from czb_core.config import get_settings
+from czb_core.errors import CzbError
 from czb_core.io.header import DatasetHeader, read_header
 from czb_core.service.access import owner_scope
 from czb_core.service.health import serve_health
@@ -80,15 +81,22 @@ def recall(key: str) -> Optional[str]:
 
 
 def current_dataset() -> Optional[DatasetRecord]:
-    sha = recall("dataset")
-    if not sha:
+    """The dataset record in the URL, if the user may see it and its file still holds the bytes it was
+    hashed from (every page reads the file through this check; a changed file is refused, with the reason)."""
+    dataset_id = recall("dataset")
+    if not dataset_id:
         return None
     try:
-        return workspace().get(sha, scope())
+        record = workspace().get(dataset_id, scope())
+        workspace().dataset_path(record.id, scope())
     except KeyError:  # gone, or another user's: "not found" either way
         remember("dataset", None)
         st.warning("That dataset was not found.")
         return None
+    except CzbError as exc:
+        st.error(str(exc))
+        return None
+    return record
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the file header…")

@@ -40,7 +40,7 @@ settings = get_settings()
 
 
 def use(record) -> None:
-    remember("dataset", record.sha256)
+    remember("dataset", record.id)
     st.rerun()
 
 
@@ -54,36 +54,38 @@ def history_row(entry, opened: Optional[str]) -> None:
     """One dataset of the list: what it is, and Open / Delete (Delete asks once more)."""
     record = entry.record
     shape = shape_of(str(record.path), record.sha256)
-    name = ("↳ " * entry.depth) + record.name + (" (open)" if record.sha256 == opened else "")
+    name = ("↳ " * entry.depth) + record.name + (" (open)" if record.id == opened else "")
     facts = [f"{shape[0]:,} cells × {shape[1]:,} genes" if shape else "file unreadable or gone",
              record.organism.replace("_", " ") if record.organism else "species detected when opened",
              f"added {record.created_at.replace('T', ' ')[:16]} UTC", format_amount(record.size_bytes, "bytes")]
     if record.note:
         facts.append(record.note)
+    if scope() is None:  # an admin's list holds every user's records: say whose this one is
+        facts.insert(0, f"owner {record.owner}")
     if (expiry := expires_at(record)) is not None:
         facts.append(f"kept until {expiry:%Y-%m-%d} (server retention)")
     text, open_col, delete_col = st.columns([8, 1, 1])
     text.markdown(f"**{name}**  \n{' · '.join(facts)}")
-    if open_col.button("Open", key=f"open_{record.sha256}", disabled=record.sha256 == opened):
+    if open_col.button("Open", key=f"open_{record.id}", disabled=record.id == opened):
         use(record)
-    if delete_col.button("Delete", key=f"delete_{record.sha256}"):
-        st.session_state["confirm_delete"] = record.sha256
-    if st.session_state.get("confirm_delete") == record.sha256:
+    if delete_col.button("Delete", key=f"delete_{record.id}"):
+        st.session_state["confirm_delete"] = record.id
+    if st.session_state.get("confirm_delete") == record.id:
         st.warning(f"Delete **{record.name}** and your runs on it? Versions made from it stay.")
         yes, no = st.columns(2)
-        if yes.button("Yes, delete", key=f"delete_yes_{record.sha256}", type="primary"):
+        if yes.button("Yes, delete", key=f"delete_yes_{record.id}", type="primary"):
             st.session_state.pop("confirm_delete")
             try:
-                workspace().delete_dataset(record.sha256, scope())
+                workspace().delete_dataset(record.id, scope())  # exactly the record of this row
             except KeyError:
                 st.warning("That dataset was already deleted.")
             except CzbError as exc:
                 st.error(str(exc))
                 return
-            if record.sha256 == opened:
+            if record.id == opened:
                 remember("dataset", None)
             st.rerun()
-        if no.button("Keep it", key=f"delete_no_{record.sha256}"):
+        if no.button("Keep it", key=f"delete_no_{record.id}"):
             st.session_state.pop("confirm_delete")
             st.rerun()
 
@@ -185,7 +187,11 @@ def qc_table(path: str, sha256: str, location: str) -> pd.DataFrame:
     return per_cell_qc(path, location)
 
 
-qc = qc_table(str(record.path), record.sha256, DataManager(header).matrix_location)
+try:
+    qc = qc_table(str(record.path), record.sha256, DataManager(header).matrix_location)
+except CzbError as exc:
+    st.error(str(exc))
+    st.stop()
 q1, q2 = st.columns(2)
 q1.plotly_chart(px.histogram(qc, x="total_counts", nbins=60, title="Counts per cell"), width="stretch")
 q2.plotly_chart(px.histogram(qc, x="n_genes", nbins=60, title="Genes per cell"), width="stretch")

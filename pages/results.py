@@ -34,7 +34,7 @@ record = require_dataset()
 manager = job_manager()
 header = dataset_header(str(record.path), record.sha256)
 obs_names = header.obs.index.to_numpy()
-done = [j for j in manager.list(dataset_sha256=record.sha256, owner=scope())
+done = [j for j in manager.list(dataset_id=record.id, owner=scope())
         if j.status == "done" and j.model != LAB_MODEL]  # lab trainings are read on the Tokenizer lab page
 if not done:
     st.info("No finished run on this dataset yet.")

@@ -154,10 +154,14 @@ if blocked:
     for problem in (p for p in report["problems"] if p["severity"] == "error"):
         st.error(problem["message"] + (f" Fix: {problem['fix']}" if problem["fix"] else ""))
     st.caption("A blocking check fails for this model and these parameters; 2. Validate lists the fixes.")
-submitted = st.button("Run", type="primary", disabled=blocked)
+others = record.owner != current_user()  # an admin looking at another user's dataset
+if others:
+    st.info(f"This dataset is {record.owner}'s: runs on it are theirs to start. To run a model on the same "
+            "file yourself, add it to your own datasets.")
+submitted = st.button("Run", type="primary", disabled=blocked or others)
 if submitted:
     try:
-        job = manager.submit(record.sha256, model, variant, organism=organism_name, owner=current_user(),
+        job = manager.submit(record.id, model, variant, organism=organism_name, owner=current_user(),
                              params=params, metrics=metrics_options, device=device, score=score, stream=stream)
     except CzbError as exc:
         st.error(str(exc))
@@ -234,7 +238,7 @@ def job_panel(job, scores, now: datetime) -> None:
 def jobs_section(polling: bool) -> None:
     """The jobs table and the followed job's panel, from one read of the store, so that they never
     disagree. Once nothing is active, the whole page reruns once, which stops the polling."""
-    jobs = manager.list(dataset_sha256=record.sha256, owner=scope())
+    jobs = manager.list(dataset_id=record.id, owner=scope())
     if not jobs:
         st.caption("No jobs yet.")
         return
@@ -250,6 +254,6 @@ def jobs_section(polling: bool) -> None:
 
 
 st.subheader("Jobs on this dataset")
-listed = manager.list(dataset_sha256=record.sha256, owner=scope())
+listed = manager.list(dataset_id=record.id, owner=scope())
 polling = bool(listed) and needs_polling(listed, scores_of(followed(listed)))
 st.fragment(jobs_section, run_every=POLL_S if polling else None)(polling)

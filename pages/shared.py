@@ -31,7 +31,7 @@ if job is None:
     st.stop()
 
 record = artifacts.read_record(Path(job.artifact_dir))
-dataset_name = manager.workspace.get(job.spec.dataset_sha256, job.owner).name
+dataset_name = manager.workspace.get(job.dataset_id, job.owner).name
 st.markdown(f"**{run_label(job.model, job.variant, job.spec.params, job.id)}** on **{dataset_name}** · read-only link")
 if artifacts.is_prediction_record(record):
     st.info("This run is a perturbation prediction; download it below.")

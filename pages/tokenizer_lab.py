@@ -108,7 +108,7 @@ n_runs = len(tokenizers) * int(n_seeds)
 if st.button(f"Start {n_runs} training{'s' if n_runs != 1 else ''}", type="primary",
              disabled=bool(problems) or not tokenizers):
     try:
-        submitted = [manager.submit_lab(record.sha256, split, tokenizer, seed, config, organism=record.organism,
+        submitted = [manager.submit_lab(record.id, split, tokenizer, seed, config, organism=record.organism,
                                         owner=current_user(), device=device)
                      for tokenizer in tokenizers for seed in range(int(n_seeds))]
     except CzbError as exc:
@@ -126,7 +126,7 @@ def jobs_section(polling: bool) -> None:
     """The lab's jobs with their progress (the epoch and validation MCC while training) and cancel buttons,
     from one read of the store. Once nothing is active, the whole page reruns once: the results update and
     the polling stops."""
-    jobs = select_lab_jobs(manager.list(dataset_sha256=record.sha256, owner=scope()))
+    jobs = select_lab_jobs(manager.list(dataset_id=record.id, owner=scope()))
     if not jobs:
         st.caption("No trainings yet.")
         return
@@ -149,12 +149,12 @@ def jobs_section(polling: bool) -> None:
 
 st.subheader("Trainings on this dataset")
 polling = any(job.status in ACTIVE
-              for job in select_lab_jobs(manager.list(dataset_sha256=record.sha256, owner=scope())))
+              for job in select_lab_jobs(manager.list(dataset_id=record.id, owner=scope())))
 st.fragment(jobs_section, run_every=POLL_S if polling else None)(polling)
 
 # -- results ------------------------------------------------------------------------------------------------
 st.subheader("Results")
-experiments = group_finished_experiments(manager.list(dataset_sha256=record.sha256, owner=scope()))
+experiments = group_finished_experiments(manager.list(dataset_id=record.id, owner=scope()))
 if not experiments:
     st.info("No finished training on this dataset yet.")
     st.stop()

@@ -60,13 +60,13 @@ def models_with_batch_param() -> frozenset[str]:
                             for v in config.variants))
 
 
-def set_organism(sha256: str, latin: str) -> None:
-    workspace().set_organism(sha256, latin, scope())
+def set_organism(dataset_id: str, latin: str) -> None:
+    workspace().set_organism(dataset_id, latin, scope())
 
 
 def start_fix(fix: str, **args) -> None:
     """Submit a fix to the background runner; the panel at the top follows it."""
-    remember("fix", job_manager().fixes.submit(record.sha256, fix, owner=current_user(), **args))
+    remember("fix", job_manager().fixes.submit(record.id, fix, owner=scope(), **args))
     st.session_state.pop("mapping_report", None)
     st.rerun()
 
@@ -92,8 +92,8 @@ def fix_panel(fix_id: str) -> None:
         return
     remember("fix", None)
     if result.mapping_csv is not None:
-        st.session_state["mapping_report"] = (result.record.sha256, result.mapping_summary, result.mapping_csv)
-    remember("dataset", result.record.sha256)
+        st.session_state["mapping_report"] = (result.record.id, result.mapping_summary, result.mapping_csv)
+    remember("dataset", result.record.id)
     st.rerun(scope="app")
 
 
@@ -133,7 +133,7 @@ def action_set_organism(key: str) -> None:
     guess = detection.organism or next(iter(detection.candidates), None)
     left, right = st.columns([1, 2], vertical_alignment="bottom")
     chosen = left.selectbox("Organism", names, index=names.index(guess.latin_name) if guess else 0, key=f"{key}_org")
-    right.button("Set the organism", key=f"{key}_go", on_click=set_organism, args=(record.sha256, chosen))
+    right.button("Set the organism", key=f"{key}_go", on_click=set_organism, args=(record.id, chosen))
 
 
 def action_batch_params(key: str, models: tuple[str, ...], offered: set[str]) -> None:
@@ -210,14 +210,14 @@ organism_name = choose.selectbox("Organism of this dataset", organism_names,
                                  else 0)
 chosen = None if organism_name == DETECT else organism_name
 if chosen != record.organism:
-    record = workspace().set_organism(record.sha256, chosen, scope())
+    record = workspace().set_organism(record.id, chosen, scope())
 organism = Organism.parse(chosen) if chosen else None
 dataset_organism = organism or detection.organism
 
 if recall("fix"):
     fix_panel(recall("fix"))
 mapping = st.session_state.get("mapping_report")
-if mapping and mapping[0] == record.sha256:
+if mapping and mapping[0] == record.id:
     _, summary, csv = mapping
     note, download = st.columns([3, 1], vertical_alignment="center")
     note.success(f"New version created. {summary}")

@@ -6,10 +6,13 @@ connection per call (WAL, busy timeout) is the simplest safe use of SQLite from 
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+from czb_core.errors import StorageError
 
 DB_NAME = "czb.sqlite"
 
@@ -34,6 +37,37 @@ def open_db(db_path: Path, immediate: bool = False) -> Iterator[sqlite3.Connecti
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_problem(exc: BaseException) -> Optional[str]:
+    """What a failed write says about the server's storage, in words an admin acts on; None when `exc` is
+    no storage failure (then it is the caller's own error)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return "the server's disk is full"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "full" in text:
+            return "the server's disk is full (the job database could not grow)"
+        if "disk i/o" in text or "readonly" in text or "read-only" in text:
+            return f"the server's disk refused a write to the job database ({exc})"
+    return None
+
+
+@contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """Turn a full disk or a failing database during `action` into a `StorageError` that says so; any other
+    error passes through unchanged."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        raise StorageError(f"{action} failed: {problem}; nothing was kept. Ask an administrator to free "
+                           "space on the server, then try again") from None
 
 
 def init_db(db_path: Path, schema: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import anndata as ad
 import numpy as np
@@ -128,12 +128,16 @@ def version_name(parent_name: str, fix: str) -> str:
     return f"{stem} · {FIXES[fix]}"
 
 
-def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] = None, **args) -> FixResult:
-    """Read the dataset, apply one fix, store the result as a version named "<name> · <what changed>"."""
+def apply_fix(workspace: Workspace, dataset_id: str, fix: str, owner: Optional[str] = None,
+              check_space: Callable[[str, int], None] = lambda owner, n_bytes: None, **args) -> FixResult:
+    """Read the dataset record `dataset_id` of `owner`, apply one fix, store the result as a version named
+    "<name> · <what changed>". `check_space(owner, n_bytes)` refuses a version that would pass the owner's
+    disk quota (a version is about the size of its parent), before anything is read."""
     if fix not in FIXES:
         raise InputError(f"unknown fix {fix!r}; one of {', '.join(FIXES)}")
-    record = workspace.get(sha256, owner)  # a fix applies to the user's own dataset
-    adata = read_anndata(workspace.dataset_path(sha256, owner))
+    record = workspace.get(dataset_id, owner)  # a fix applies to the user's own dataset
+    check_space(record.owner, record.size_bytes)
+    adata = read_anndata(workspace.dataset_path(record.id, owner))
     mapping = None
     if fix == "var_column_as_genes":
         adata, note = use_var_column_as_gene_ids(adata, args["column"]), f"genes from var['{args['column']}']"
@@ -149,8 +153,8 @@ def apply_fix(workspace: Workspace, sha256: str, fix: str, owner: Optional[str] 
     else:
         adata = make_batch_key(adata, args["columns"], args.get("key", "batch"))
         note = f"obs['{args.get('key', 'batch')}'] from {', '.join(args['columns'])}"
-    version = workspace.add_anndata(adata, name=version_name(record.name, fix), owner=owner, parent_sha256=sha256,
-                                    note=note)
+    version = workspace.add_anndata(adata, name=version_name(record.name, fix), owner=record.owner,
+                                    parent_sha256=record.sha256, note=note)
     return FixResult(version, mapping.to_csv() if mapping else None, mapping.summary() if mapping else None)
 
 
@@ -158,14 +162,15 @@ class FixRunner:
     """Runs fixes on a background thread: reading and rewriting a large file takes a while, and a page
     script is interrupted by every click. A fix is identified by an id the page keeps and polls."""
 
-    def __init__(self, workspace: Workspace):
-        self.workspace = workspace
+    def __init__(self, workspace: Workspace, check_space: Callable[[str, int], None] = lambda owner, n_bytes: None):
+        self.workspace, self.check_space = workspace, check_space
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="czb-fix")
         self._futures: dict[str, Future] = {}
 
-    def submit(self, sha256: str, fix: str, owner: Optional[str] = None, **args) -> str:
+    def submit(self, dataset_id: str, fix: str, owner: Optional[str] = None, **args) -> str:
         fix_id = uuid.uuid4().hex[:12]
-        self._futures[fix_id] = self._pool.submit(apply_fix, self.workspace, sha256, fix, owner, **args)
+        self._futures[fix_id] = self._pool.submit(apply_fix, self.workspace, dataset_id, fix, owner,
+                                                  self.check_space, **args)
         return fix_id
 
     def result(self, fix_id: str) -> Optional[FixResult]:

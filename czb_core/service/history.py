@@ -43,21 +43,21 @@ def version_tree(records: Iterable[DatasetRecord]) -> list[HistoryEntry]:
 
     A version whose parent is not in `records` (deleted, or another user's) stands at the top level."""
     records = list(records)
-    shas = {r.sha256 for r in records}
-    children: dict[Optional[str], list[DatasetRecord]] = {}
+    present = {(r.owner, r.sha256) for r in records}  # a parent is the same owner's record of that content
+    children: dict[Optional[tuple[str, str]], list[DatasetRecord]] = {}
     for record in records:
-        parent = record.parent_sha256 if record.parent_sha256 in shas else None
-        children.setdefault(parent, []).append(record)
+        parent = (record.owner, record.parent_sha256)
+        children.setdefault(parent if parent in present else None, []).append(record)
     tree: list[HistoryEntry] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
 
-    def visit(parent: Optional[str], depth: int) -> None:
+    def visit(parent: Optional[tuple[str, str]], depth: int) -> None:
         for record in sorted(children.get(parent, []), key=lambda r: r.created_at, reverse=True):
-            if (record.sha256, record.owner) in seen:  # no record twice, whatever the parent links say
+            if record.id in seen:  # no record twice, whatever the parent links say
                 continue
-            seen.add((record.sha256, record.owner))
+            seen.add(record.id)
             tree.append(HistoryEntry(record, depth))
-            visit(record.sha256, depth + 1)
+            visit((record.owner, record.sha256), depth + 1)
 
     visit(None, 0)
     return tree

@@ -3,7 +3,8 @@
 
 A user's disk use is what deleting their items would free from their account: the workspace copies their
 dataset records point at (a file two users uploaded counts for each: either may delete theirs, and the
-other keeps the bytes) plus their runs' artifact directories. Files registered by server path are the
+other keeps the bytes), their runs' artifact directories, and their uploads and fixes being written.
+Fixes are checked like uploads (a new version is about its parent's size). Files registered by server path are the
 lab's, not copies, and do not count. The checks run before the work, so a refusal loses nothing.
 """
 
@@ -51,10 +52,12 @@ class Quotas:
         self.workspace, self.store = workspace, store
 
     def disk_use(self, owner: str) -> int:
-        """Bytes held on the workspace's disk for `owner`: their stored dataset copies and run artifacts."""
+        """Bytes held on the workspace's disk for `owner`: their stored dataset copies, run artifacts, and
+        uploads or fixes being written."""
         stored = {r.path: r.size_bytes for r in self.workspace.list(owner) if self.workspace.is_stored_copy(r.path)}
         artifacts = {self.store.artifact_dir_of(job) for job in self.store.list(owner=owner)}
-        return sum(stored.values()) + sum(directory_size(d) for d in artifacts)
+        return (sum(stored.values()) + sum(directory_size(d) for d in artifacts)
+                + self.workspace.incoming_bytes(owner))
 
     def limit_bytes(self) -> Optional[int]:
         quota_gb = get_settings().user_quota_gb

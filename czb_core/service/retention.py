@@ -40,11 +40,11 @@ def purge_expired(workspace: Workspace, store: JobStore, now: Optional[datetime]
         expiry = expires_at(record)
         if expiry is None or expiry > now:
             continue
-        if store.list(dataset_sha256=record.sha256, owner=record.owner, statuses=(QUEUED, RUNNING)):
+        if store.list(dataset_id=record.id, statuses=(QUEUED, RUNNING)):
             log.info("retention: %s/%s expired but has a run in progress; next sweep", record.owner, record.sha256)
             continue
         try:
-            workspace.delete_dataset(record.sha256, record.owner)
+            workspace.delete_dataset(record.id, record.owner)
         except ConfigError as exc:  # a run being scored
             log.info("retention: %s/%s expired, not deleted yet: %s", record.owner, record.sha256, exc)
             continue

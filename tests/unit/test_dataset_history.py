@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 
 def record(sha, created, parent=None, owner="ana"):
-    return DatasetRecord(sha256=sha, name=sha, path=Path(sha), owner=owner, created_at=created, size_bytes=1,
+    return DatasetRecord(id=f"{owner}-{sha}", sha256=sha, name=sha, path=Path(sha), owner=owner, created_at=created, size_bytes=1,
                          parent_sha256=parent)
 
 

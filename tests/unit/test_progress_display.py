@@ -64,13 +64,14 @@ def test_seconds_since_a_store_time_stamp():
 
 def _store_with_job(tmp_path, owner="ana"):
     store = JobStore(tmp_path / "db.sqlite")
-    return store, store.create(JobSpec(dataset_sha256="d" * 64, model="pca", variant="default"), owner, "cpu")
+    return store, store.submit(JobSpec(dataset_sha256="d" * 64, model="pca", variant="default"), owner, "cpu", "rec")[0]
 
 
 def test_store_progress_dates_each_step_and_restarts(tmp_path, monkeypatch):
     import czb_core.service.jobs.execution as execution
 
     store, job = _store_with_job(tmp_path)
+    store.claim_next("cpu")  # progress is written for a running job only
     stamps = iter(["2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00", "2026-01-01T00:02:00+00:00"])
     monkeypatch.setattr(execution, "utc_now", lambda: next(stamps))
     progress = StoreProgress(store, job.id, interval=0)
@@ -88,7 +89,7 @@ def test_queue_position_among_an_owners_jobs(tmp_path):
     store = JobStore(tmp_path / "db.sqlite")
 
     def queued(owner, n):
-        return store.create(JobSpec(dataset_sha256=str(n) * 64, model="pca", variant="default"), owner, "cpu")
+        return store.submit(JobSpec(dataset_sha256=str(n) * 64, model="pca", variant="default"), owner, "cpu", "rec")[0]
 
     jobs = [queued(owner, n) for n, owner in enumerate(["bo", "ana", "bo", "ana"])]
     assert [store.queue_position(j.id) for j in jobs] == [1, 2, 3, 4]

@@ -35,10 +35,12 @@ from czb_core.models.device import free_cuda_cache
 from czb_core.models.pipeline import RunResult, write_extras, write_run_h5ad
 from czb_core.models.record import utc_now
 from czb_core.progress import CancelToken, ProgressCallback, Throttle
-from czb_core.io.atomic import write_bytes_atomically
+from czb_core.io.atomic import atomic_path, write_bytes_atomically
 from czb_core.service.jobs.artifacts import (EMBEDDING_H5AD, PENDING_RECORD_JSON, RECORD_JSON, UMAP_NPY,
                                              is_prediction_record, read_embedding, record_json)
-from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, Job, JobStore
+from czb_core.service.database import storage_problem
+from czb_core.service.jobs.job_log import job_log
+from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, RUNNING, Job, JobStore, until_store_answers
 from czb_core.service.workspace import Workspace
 from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.tasks.column_roles import suggest_columns
@@ -49,12 +51,18 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
 CANCEL_POLL_S = 0.2
+HEARTBEAT_S = 10.0
 T = TypeVar("T")
 
 
 def error_message(exc: BaseException) -> str:
-    """Our errors are written for the user; anything else is named by its type."""
-    return str(exc) if isinstance(exc, CzbError) else f"{type(exc).__name__}: {exc}"
+    """Our errors are written for the user; a failing disk says so; anything else is named by its type
+    (the traceback goes to the worker's log, for admins, never to the user)."""
+    if isinstance(exc, CzbError):
+        return str(exc)
+    if (problem := storage_problem(exc)) is not None:
+        return f"{problem}; the job's partial files were removed. Ask an administrator to free space, then retry"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def strip_step_detail(step: str) -> str:
@@ -117,7 +125,7 @@ class JobRunner:
         training leaves nothing for the pool (no UMAP, no metrics): its device stage completes it."""
         if job.model == LAB_MODEL:
             if self._guarded(job, partial(self._train_lab, job)):
-                self.store.set_status(job.id, DONE, message="done", artifact_dir=self.artifact_dir(job))
+                self._complete(job)
             return
 
         def embed(token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:
@@ -125,7 +133,7 @@ class JobRunner:
             self._save_embedding(job, result, artifact_dir, token, progress)
 
         if self._guarded(job, embed):
-            self.store.hand_to_cpu(job.id)
+            until_store_answers(lambda: self.store.hand_to_cpu(job.id))
             self.on_handoff()
 
     def run_next(self, device: str, worker_pid: int) -> bool:
@@ -139,14 +147,23 @@ class JobRunner:
     def finish(self, job: Job) -> None:
         """The CPU stage: UMAP and the complete set of artifacts; the job is then done."""
         if self._guarded(job, self._save_umap, cancelled=job.cancel_requested):
-            self.store.set_status(job.id, DONE, message="done", artifact_dir=self.artifact_dir(job))
+            self._complete(job)
+
+    def _complete(self, job: Job) -> None:
+        until_store_answers(lambda: self.store.set_status(job.id, DONE, message="done", only_from=(RUNNING,),
+                                                          artifact_dir=self.artifact_dir(job)))
 
     def artifact_dir(self, job: Job) -> Path:
         return self.workspace.root / "jobs" / job.id
 
     def _guarded(self, job: Job, stage: Callable, cancelled: bool = False) -> bool:
-        """Run one stage with the job's cancel flag watched; a cancel or an error ends the job (its files
-        removed). Returns whether the stage completed."""
+        """Run one stage with the job's cancel flag watched (and its heartbeat written) and its log lines in
+        the job's own log; a cancel or an error ends the job. Returns whether the stage completed.
+
+        A job ends by a compare-and-set from `running`: when another process has ended it meanwhile (a
+        cancel that stopped the worker, the supervisor), its status and files are left as they are. Only
+        then is what the stage left half-written removed: a finished job's files are never touched. A store
+        that cannot be written (disk full) is waited for, then the job fails with that cause."""
         token = CancelToken()
         if cancelled:
             token.cancel()
@@ -155,25 +172,34 @@ class JobRunner:
         watcher.start()
         artifact_dir = self.artifact_dir(job)
         try:
-            token.check()
-            stage(token, StoreProgress(self.store, job.id), artifact_dir)
+            with job_log(self.workspace.root, job.id):
+                token.check()
+                stage(token, StoreProgress(self.store, job.id), artifact_dir)
         except Cancelled:
-            shutil.rmtree(artifact_dir, ignore_errors=True)
-            self.store.set_status(job.id, CANCELLED, message="cancelled")
+            self._end(job, artifact_dir, CANCELLED, message="cancelled")
         except (Exception, SystemExit) as exc:  # SystemExit: argparse in model code must not end the worker
             log.exception("job %s (%s/%s on %s) failed", job.id, job.model, job.variant, job.device)
-            shutil.rmtree(artifact_dir, ignore_errors=True)
-            self.store.set_status(job.id, FAILED, message="failed", error=error_message(exc))
+            self._end(job, artifact_dir, FAILED, message="failed", error=error_message(exc))
         else:
             return True
         finally:
             watching.set()
         return False
 
+    def _end(self, job: Job, artifact_dir: Path, status: str, **fields) -> None:
+        """Move a running job to `status`; only the process that moved it removes its partial files."""
+        if until_store_answers(lambda: self.store.set_status(job.id, status, only_from=(RUNNING,), **fields)):
+            shutil.rmtree(artifact_dir, ignore_errors=True)
+
     def _watch_cancel(self, job_id: str, token: CancelToken, done: threading.Event) -> None:
-        """Turn the job's cancel flag in the store into its token (the run checks it between batches)."""
+        """Turn the job's cancel flag in the store into its token (the run checks it between batches), and
+        write the job's heartbeat: a worker alive but unable to write for long is failed by the supervisor."""
+        last_beat = 0.0
         while not done.wait(CANCEL_POLL_S):
             try:
+                if time.monotonic() - last_beat >= HEARTBEAT_S:
+                    self.store.beat(job_id)
+                    last_beat = time.monotonic()
                 job = self.store.get(job_id)
             except Exception:  # a busy database: look again next time
                 continue
@@ -184,7 +210,7 @@ class JobRunner:
     def _embed(self, job: Job, token: CancelToken, progress: ProgressCallback) -> RunResult:
         """`run_fn`, with the out-of-memory retries of `_halving_batch_on_oom`."""
         spec = job.spec
-        path = self.workspace.dataset_path(spec.dataset_sha256)
+        path = self.workspace.dataset_path(job.dataset_id, job.owner)
         organism = Organism.parse(spec.organism) if spec.organism else None
         token.check()
         return self._halving_batch_on_oom(job, lambda params: self.run_fn(
@@ -199,7 +225,7 @@ class JobRunner:
         from czb_core.tokenizer_lab.jobs import prepare_lab_job, save_lab_run, train_lab_job  # torch: lab jobs only
 
         spec = job.spec
-        path = self.workspace.dataset_path(spec.dataset_sha256)
+        path = self.workspace.dataset_path(job.dataset_id, job.owner)
         token.check()
         prepared = prepare_lab_job(path, spec.variant, spec.params, spec.organism, progress, token)
         trained = self._halving_batch_on_oom(
@@ -259,10 +285,11 @@ class JobRunner:
                                    labels_n=None if label is None else obs[label])
             progress("umap", 1, 1)
             token.check()
-            np.save(artifact_dir / UMAP_NPY, umap_n2)
+            with atomic_path(artifact_dir / UMAP_NPY) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, umap_n2)
         job = record["job"]
         step_seconds = {**job.pop("step_seconds"), **progress.finish()}
         job["notes"] = self.store.get(job["id"]).notes
         job["step_seconds"] = step_seconds
-        (artifact_dir / RECORD_JSON).write_bytes(record_json(record))
+        write_bytes_atomically(artifact_dir / RECORD_JSON, record_json(record))
         (artifact_dir / PENDING_RECORD_JSON).unlink()

@@ -10,8 +10,9 @@ A device runs one job at a time, oldest first; a GPU job goes to the least loade
 named, and is refused at submit when its estimated memory does not fit that GPU's free memory
 (`czb_core.models.memory`). A CUDA out-of-memory error is retried at half the batch size (`execution.py`).
 
-One manager per workspace: a new one marks the jobs left running by its predecessor `interrupted`, and
-sweeps expired datasets (`retention.py`) at start and daily. Per-user limits (`quotas.py`) are checked at
+One server per workspace (`writer_lock.py`): a second server process refuses to start. A new one waits for
+its predecessor's orphaned workers to end, removes its partial uploads, marks the jobs it left running
+`interrupted`, and sweeps expired datasets (`retention.py`) at start and daily. Per-user limits (`quotas.py`) are checked at
 submit, before a job is queued.
 
 Tokenizer-lab trainings (`submit_lab`, model `LAB_MODEL`) share the queues, cache, quotas, cancel and retry,
@@ -45,6 +46,7 @@ from czb_core.service.jobs.workers import Supervisor, pool_names, work_loop
 from czb_core.service.quotas import Quotas
 from czb_core.service.retention import purge_expired
 from czb_core.service.workspace import Workspace
+from czb_core.service.writer_lock import acquire_writer, release_writer, wait_for_orphan_workers
 from czb_core.tasks.options import MetricOptions
 from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import ModelType, Organism
@@ -83,17 +85,23 @@ class JobManager:
         settings = get_settings()
         self.workspace = workspace or Workspace()
         self.store = JobStore(self.workspace.db_path)
-        self.fixes = FixRunner(self.workspace)  # dataset fixes, off the page threads
         self.devices = ("cpu", *cuda_devices())
         self.pool = pool_names(settings.cpu_workers)
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in (*self.devices, *self.pool)}
         self.scorer = Scorer(self.store, wake=self._wake_pool)
         self.quotas = Quotas(self.workspace, self.store)
+        self.fixes = FixRunner(self.workspace, self.quotas.check_upload)  # dataset fixes, off the page threads
         self._threads: list[threading.Thread] = []
         self.supervisor: Optional[Supervisor] = None
+        self._holds_writer = False
         if not start_workers:
             return
+        self._holds_writer = True
+        if acquire_writer(self.workspace.root):  # a new server: what a predecessor left is cleaned first
+            if not wait_for_orphan_workers(self.workspace.root):
+                log.warning("workers of a previous server still hold the workspace; starting anyway")
+            self.workspace.sweep_incoming()
         self.store.mark_interrupted_on_startup()  # before any worker can claim a job
         self.store.requeue_running_scores()
         self._start_retention_sweeps()
@@ -146,12 +154,12 @@ class JobManager:
     # -- what pages call -----------------------------------------------------------------------------
 
     def submit(
-        self, dataset_sha256: str, model: str, variant: Optional[str] = None, params: Optional[dict] = None,
-        organism: Optional[str] = None, weights: Optional[str] = None, owner: Optional[str] = None,
+        self, dataset_id: str, model: str, variant: Optional[str] = None, params: Optional[dict] = None,
+        organism: Optional[str] = None, owner: Optional[str] = None,
         metrics: MetricOptions | dict | None = None, device: Optional[str] = None, score: bool = True,
         stream: bool = False,
     ) -> Job:
-        """Queue a run; or return the done job with the same spec (a cache hit: status `done` at once),
+        """Queue a run on `owner`'s dataset record `dataset_id`; or return the done job with the same spec (a cache hit: status `done` at once),
         or the queued/running one (a second click joins it). With `score`, a scoring run with `metrics`
         (open choices resolved from the data) follows once the embedding is done.
 
@@ -161,25 +169,27 @@ class JobManager:
         an unknown model, variant, parameter, organism, a GPU that is not there or a run whose estimated
         memory does not fit the GPU's free memory, and QuotaError (a ConfigError) past a per-user limit, before
         anything waits in a queue. `stream` reads the matrix in row blocks whatever its size (`czb run
-        --stream`); a model that cannot is a ConfigError here too.
+        --stream`); a model that cannot is a ConfigError here too. There is no weights option: a server's
+        runs use the weights of the variant's config (or an admin's import), never a location a user names.
         """
+        owner = owner or get_settings().user
+        record = self.workspace.get(dataset_id, owner)  # KeyError ("not found") now, not a failed job later
         config = get_model(model)
         score = score and config.model_type not in PREDICTION_MODELS  # a prediction is read on the Results page
         variant_config = config.variant(variant)
         implementation_class = config.load_implementation()
         schema = implementation_class.param_schema(variant_config)
-        spec = JobSpec(dataset_sha256, model, variant_config.name, schema.changed(schema.resolve(params)),
-                       _organism_name(organism), weights, stream)
+        spec = JobSpec(record.sha256, model, variant_config.name, schema.changed(schema.resolve(params)),
+                       _organism_name(organism), stream=stream)
         if stream:
             implementation_class(config, variant_config.name, **spec.params).check_can_stream()
         options = metrics if isinstance(metrics, MetricOptions) else MetricOptions.from_dict(metrics or {})
-        owner = owner or get_settings().user
-        job = self._submit(spec, owner, self._device_for(model, device))
+        job = self._submit(spec, owner, self._device_for(model, device), record.id)
         if score:
             self.scorer.score(job, options, owner)
         return job
 
-    def submit_lab(self, dataset_sha256: str, split: LabSplit, tokenizer: TokenizerSpec, seed: int,
+    def submit_lab(self, dataset_id: str, split: LabSplit, tokenizer: TokenizerSpec, seed: int,
                    config: TrainConfig, organism: Optional[str] = None, owner: Optional[str] = None,
                    device: Optional[str] = None) -> Job:
         """Queue one tokenizer-lab training: `tokenizer` trained with `seed` and `config` on the cells of
@@ -188,8 +198,10 @@ class JobManager:
         empty part or a value in two parts is a ConfigError, before anything is queued."""
         from czb_core.tokenizer_lab.jobs import make_lab_spec  # torch: only where lab jobs are made
 
-        spec = make_lab_spec(dataset_sha256, split, tokenizer, seed, config, _organism_name(organism))
-        return self._submit(spec, owner or get_settings().user, self._device_for(LAB_MODEL, device))
+        owner = owner or get_settings().user
+        record = self.workspace.get(dataset_id, owner)
+        spec = make_lab_spec(record.sha256, split, tokenizer, seed, config, _organism_name(organism))
+        return self._submit(spec, owner, self._device_for(LAB_MODEL, device), record.id)
 
     def rescore(self, job_id: str, metrics: MetricOptions | dict, scope: Optional[str] = None) -> Score:
         """Score a job's embedding with other metric options, without embedding again."""
@@ -212,10 +224,11 @@ class JobManager:
     def retry(self, job_id: str, scope: Optional[str] = None) -> Job:
         """The same spec again, as a new job (the old one keeps its error for the record)."""
         job = self._visible(job_id, scope)
+        self.workspace.get(job.dataset_id, job.owner)  # KeyError when its dataset was deleted meanwhile
         if job.status not in RETRYABLE:
             raise ConfigError(f"job {job_id} is {job.status}; only failed, cancelled or interrupted jobs can be retried")
         request = job.device if job.device in self.devices else "auto" if job.device.startswith("cuda") else "cpu"
-        return self._submit(job.spec, job.owner, self._device_for(job.spec.model, request))
+        return self._submit(job.spec, job.owner, self._device_for(job.spec.model, request), job.dataset_id)
 
     def get(self, job_id: str, scope: Optional[str] = None) -> Optional[Job]:
         """The job, or None when there is none in `scope` (another owner's job is not found either)."""
@@ -229,10 +242,10 @@ class JobManager:
         return job
 
     def list(
-        self, dataset_sha256: Optional[str] = None, owner: Optional[str] = None,
+        self, dataset_id: Optional[str] = None, owner: Optional[str] = None,
         statuses: Optional[Iterable[str]] = None,
     ) -> list[Job]:
-        return self.store.list(dataset_sha256, owner, statuses)
+        return self.store.list(dataset_id, owner, statuses)
 
     def queue_position(self, job_id: str) -> Optional[int]:
         return self.store.queue_position(job_id)
@@ -247,6 +260,9 @@ class JobManager:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.supervisor is not None:
             self.supervisor.shutdown(max(0.0, deadline - time.monotonic()))
+        if self._holds_writer:
+            self._holds_writer = False
+            release_writer(self.workspace.root)
 
     # -- the workers ---------------------------------------------------------------------------------
 
@@ -281,19 +297,15 @@ class JobManager:
         return (f"GPU memory estimated at ~{gib(estimate.total_bytes, up=True)} GiB (batch size "
                 f"{estimate.batch_size}); {gib(free, up=False)} GiB were free on {device} at submit")
 
-    def _submit(self, spec: JobSpec, owner: str, device: str) -> Job:
-        self.workspace.get(spec.dataset_sha256, owner)  # KeyError ("not found") now, not a failed job later
-        key = spec.key()
-        cached = self.store.find_done(key, owner)
-        if cached is not None and is_complete(cached.artifact_dir):
-            return cached
-        active = self.store.find_active(key, owner)
-        if active is not None:
-            return active
-        self.quotas.check_submit(owner)
+    def _submit(self, spec: JobSpec, owner: str, device: str, dataset_id: str) -> Job:
+        """Queue `spec` on `owner`'s dataset record `dataset_id` (see `JobStore.submit`: a complete done job
+        is reused, an active one joined, the per-user limits checked in the same transaction as the insert)."""
         note = self._memory_note(spec, device)
-        job = self.store.create(spec, owner, device)
-        if note is not None:
-            self.store.add_note(job.id, note)
-        self._wake[device].set()
+        job, created = self.store.submit(spec, owner, device, dataset_id,
+                                         reusable=lambda done: is_complete(done.artifact_dir),
+                                         check=lambda: self.quotas.check_submit(owner))
+        if created:
+            if note is not None:
+                self.store.add_note(job.id, note)
+            self._wake[device].set()
         return self.store.get(job.id)

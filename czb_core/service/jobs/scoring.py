@@ -78,9 +78,9 @@ def score_document(workspace: Workspace, job: Job, options: MetricOptions, progr
         baseline = emb_nd
     else:
         organism = Organism.parse(job.spec.organism) if job.spec.organism else None
-        path = workspace.dataset_path(sha)
+        path = workspace.dataset_path(job.dataset_id, job.owner)  # the job's own record, its bytes proven
         baseline = lambda: baseline_embedding(path, sha, organism, progress)  # noqa: E731  (only on a cache miss)
-    dataset = {"name": workspace.get(sha).name, "organism": record.get("organism") or ""}
+    dataset = {"name": workspace.get(job.dataset_id, job.owner).name, "organism": record.get("organism") or ""}
     model = {"type": record["model_type"], "variant": record["variant"], "name_display": record["display_name"]}
     return score_embedding(emb_nd, obs, options, baseline, dataset_sha256=sha, model=model, dataset=dataset,
                            progress=progress)

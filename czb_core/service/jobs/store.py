@@ -8,19 +8,27 @@ its own short transaction (see `czb_core.service.database.open_db`), so any thre
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, TypeVar
 
 from czb_core.errors import ConfigError
+from czb_core.service.jobs.job_log import job_log_path
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.tasks.options import MetricOptions
 from czb_core.models.record import utc_now
-from czb_core.service.database import add_missing_column, init_db, open_db
+from czb_core.service.database import add_missing_column, init_db, open_db, storage_problem
 
+STORE_RETRY_S = 1.0
+STORE_GIVE_UP_S = 600.0
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted",
 )
@@ -34,6 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec_json TEXT NOT NULL,
     spec_key TEXT NOT NULL,
     dataset_sha256 TEXT NOT NULL,
+    dataset_id TEXT,
     model TEXT NOT NULL,
     variant TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -50,11 +59,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker_pid INTEGER,
-    step_started_at TEXT
+    step_started_at TEXT,
+    cpu_stage TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device);
 CREATE INDEX IF NOT EXISTS jobs_spec_key ON jobs (spec_key);
-CREATE INDEX IF NOT EXISTS jobs_dataset ON jobs (dataset_sha256);
 CREATE TABLE IF NOT EXISTS scores (
     id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -68,7 +78,8 @@ CREATE TABLE IF NOT EXISTS scores (
     error TEXT,
     document_path TEXT,
     created_at TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    worker_pid INTEGER
 );
 CREATE INDEX IF NOT EXISTS scores_job ON scores (job_id, options_key);
 """
@@ -80,7 +91,8 @@ class Job:
     owner: str
     spec: JobSpec
     spec_key: str
-    dataset_sha256: str
+    dataset_sha256: str  # the content the spec names (the cache key's part)
+    dataset_id: Optional[str]  # the owner's dataset record it runs on
     model: str
     variant: str
     status: str
@@ -99,6 +111,7 @@ class Job:
     worker_pid: Optional[int] = None  # the process running it
     step_started_at: Optional[str] = None  # when the current step began: its rate so far gives the ETA
     cpu_stage: Optional[str] = None  # embedded, its UMAP "queued" for or "running" in the CPU pool; None before
+    heartbeat_at: Optional[float] = None  # wall time of its worker's last sign of life (`JobStore.beat`)
 
     @property
     def is_finished(self) -> bool:
@@ -158,21 +171,41 @@ class JobStore:
     def __init__(self, db_path: Path):
         self.db_path = Path(db_path)
         init_db(self.db_path, SCHEMA)
-        add_missing_column(self.db_path, "jobs", "worker_pid", "INTEGER")  # databases made before it existed
-        add_missing_column(self.db_path, "jobs", "step_started_at", "TEXT")
-        add_missing_column(self.db_path, "jobs", "cpu_stage", "TEXT")
+        for column, sql_type in (("worker_pid", "INTEGER"), ("step_started_at", "TEXT"), ("cpu_stage", "TEXT"),
+                                 ("dataset_id", "TEXT"), ("heartbeat_at", "REAL")):  # databases made before
+            add_missing_column(self.db_path, "jobs", column, sql_type)
         add_missing_column(self.db_path, "scores", "worker_pid", "INTEGER")
+        with open_db(self.db_path, immediate=True) as conn:
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_dataset_id ON jobs (dataset_id)")
+            link_jobs_to_records(conn)
+            one_active_job_per_spec(conn)
 
-    def create(self, spec: JobSpec, owner: str, device: str) -> Job:
-        job_id = uuid.uuid4().hex[:12]
-        with open_db(self.db_path) as conn:
+    def submit(self, spec: JobSpec, owner: str, device: str, dataset_id: str,
+               reusable: Callable[[Job], bool] = lambda job: True,
+               check: Callable[[], None] = lambda: None) -> tuple[Job, bool]:
+        """The job for `spec` of `owner`: their done job with this key when `reusable(job)` (a cache hit),
+        else their queued or running one (a second click joins it), else a new queued job, once `check()`
+        (the per-user limits) has passed. Returns (job, whether it is new).
+
+        One write transaction from the first look to the insert: two submits at once cannot both find
+        nothing and both insert, nor both pass a queue cap that has room for one."""
+        key = spec.key()
+        with open_db(self.db_path, immediate=True) as conn:
+            for statuses in ((DONE,), (QUEUED, RUNNING)):
+                row = conn.execute(
+                    f"SELECT * FROM jobs WHERE spec_key = ? AND owner = ? AND status IN ({', '.join('?' * len(statuses))}) "
+                    "ORDER BY rowid DESC LIMIT 1", (key, owner, *statuses)).fetchone()
+                if row is not None and (statuses != (DONE,) or reusable(Job.from_row(row))):
+                    return Job.from_row(row), False
+            check()
+            job_id = uuid.uuid4().hex[:12]
             conn.execute(
-                "INSERT INTO jobs (id, owner, spec_json, spec_key, dataset_sha256, model, variant, status, "
-                "device, message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, owner, spec.to_json(), spec.key(), spec.dataset_sha256, spec.model, spec.variant,
+                "INSERT INTO jobs (id, owner, spec_json, spec_key, dataset_sha256, dataset_id, model, variant, "
+                "status, device, message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, owner, spec.to_json(), key, spec.dataset_sha256, dataset_id, spec.model, spec.variant,
                  QUEUED, device, "queued", utc_now()),
             )
-        return self.get(job_id)
+        return self.get(job_id), True
 
     def get(self, job_id: str) -> Optional[Job]:
         with open_db(self.db_path) as conn:
@@ -180,14 +213,14 @@ class JobStore:
         return Job.from_row(row) if row else None
 
     def list(
-        self, dataset_sha256: Optional[str] = None, owner: Optional[str] = None,
+        self, dataset_id: Optional[str] = None, owner: Optional[str] = None,
         statuses: Optional[Iterable[str]] = None,
     ) -> list[Job]:
         """Newest first, filtered by whichever arguments are given."""
         clauses, args = [], []
-        if dataset_sha256 is not None:
-            clauses.append("dataset_sha256 = ?")
-            args.append(dataset_sha256)
+        if dataset_id is not None:
+            clauses.append("dataset_id = ?")
+            args.append(dataset_id)
         if owner is not None:
             clauses.append("owner = ?")
             args.append(owner)
@@ -222,8 +255,8 @@ class JobStore:
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET status = ?, started_at = ?, message = 'starting', worker_pid = ? WHERE id = ?",
-                (RUNNING, utc_now(), worker_pid, row["id"]),
+                "UPDATE jobs SET status = ?, started_at = ?, message = 'starting', worker_pid = ?, heartbeat_at = ? "
+                "WHERE id = ?", (RUNNING, utc_now(), worker_pid, time.time(), row["id"]),
             )
         return self.get(row["id"])
 
@@ -241,7 +274,8 @@ class JobStore:
                                (RUNNING, QUEUED)).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET cpu_stage = ?, worker_pid = ? WHERE id = ?", (RUNNING, worker_pid, row["id"]))
+            conn.execute("UPDATE jobs SET cpu_stage = ?, worker_pid = ?, heartbeat_at = ? WHERE id = ?",
+                         (RUNNING, worker_pid, time.time(), row["id"]))
         return self.get(row["id"])
 
     def device_loads(self, devices: Iterable[str]) -> dict[str, int]:
@@ -260,12 +294,18 @@ class JobStore:
     def update_progress(self, job_id: str, step: str, done: float, total: Optional[float],
                         step_started_at: Optional[str] = None) -> None:
         """Where a running job is, with when its current step began, so that a page tells the step's elapsed
-        time and rate from one read of the row."""
+        time and rate from one read of the row. A job no longer running (failed, interrupted by a restart)
+        keeps the row it ended with."""
         with open_db(self.db_path) as conn:
             conn.execute(
-                "UPDATE jobs SET step = ?, done = ?, total = ?, message = ?, step_started_at = ? WHERE id = ?",
-                (step, done, total, step, step_started_at, job_id),
+                "UPDATE jobs SET step = ?, done = ?, total = ?, message = ?, step_started_at = ? WHERE id = ? "
+                "AND status = ?", (step, done, total, step, step_started_at, job_id, RUNNING),
             )
+
+    def beat(self, job_id: str) -> None:
+        """The running job's worker is alive and can write: the supervisor fails a job silent for too long."""
+        with open_db(self.db_path) as conn:
+            conn.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND status = ?", (time.time(), job_id, RUNNING))
 
     def set_status(
         self, job_id: str, status: str, *, message: Optional[str] = None, error: Optional[str] = None,
@@ -304,14 +344,6 @@ class JobStore:
                 "UPDATE jobs SET notes_json = ? WHERE id = ?", (json.dumps([*json.loads(notes_json), note]), job_id)
             )
 
-    def find_done(self, spec_key: str, owner: str) -> Optional[Job]:
-        """The owner's newest finished-and-successful job with this cache key."""
-        return self._newest(spec_key, owner, (DONE,))
-
-    def find_active(self, spec_key: str, owner: str) -> Optional[Job]:
-        """The owner's queued or running job with this cache key (a second click on Run joins it)."""
-        return self._newest(spec_key, owner, (QUEUED, RUNNING))
-
     def mark_interrupted_on_startup(self) -> int:
         """Jobs left running by a previous server process can never finish: make them retryable. A job whose
         embedding was already on disk (waiting for or in its UMAP) only needs the UMAP again: it is queued
@@ -323,15 +355,6 @@ class JobStore:
                 "UPDATE jobs SET status = ?, finished_at = ?, message = ? WHERE status = ? AND cpu_stage IS NULL",
                 (INTERRUPTED, utc_now(), "the server restarted while this job was running; retry it", RUNNING),
             ).rowcount
-
-    def _newest(self, spec_key: str, owner: str, statuses: tuple[str, ...]) -> Optional[Job]:
-        with open_db(self.db_path) as conn:
-            row = conn.execute(
-                f"SELECT * FROM jobs WHERE spec_key = ? AND owner = ? AND status IN ({', '.join('?' * len(statuses))}) "
-                "ORDER BY rowid DESC LIMIT 1",
-                (spec_key, owner, *statuses),
-            ).fetchone()
-        return Job.from_row(row) if row else None
 
     # -- scoring runs ------------------------------------------------------------------------------
 
@@ -431,6 +454,7 @@ class JobStore:
                 conn.execute("DELETE FROM shares WHERE job_id = ?", (job_id,))  # the table of `sharing.py`
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.artifact_dir_of(job), ignore_errors=True)
+        job_log_path(self.db_path.parent, job.id).unlink(missing_ok=True)
         return job
 
     def artifact_dir_of(self, job: Job) -> Path:
@@ -444,3 +468,37 @@ class JobStore:
             return conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = ?", (owner, QUEUED)
             ).fetchone()[0]
+
+
+def until_store_answers(write: Callable[[], T], give_up_after: float = STORE_GIVE_UP_S) -> T:
+    """`write()`, tried again every second while the store fails for want of storage (disk full, I/O
+    error), so that a job's final status is written once the disk has room again instead of being lost
+    (the job would stay `running` for ever); after `give_up_after` seconds the error is raised."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            return write()
+        except (sqlite3.OperationalError, OSError) as exc:
+            if storage_problem(exc) is None and "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("job store: %s; trying again", exc)
+        time.sleep(STORE_RETRY_S)
+
+
+def link_jobs_to_records(conn: sqlite3.Connection) -> None:
+    """Name the dataset record of jobs kept before jobs named one: the owner's record of the job's content
+    (an owner has one per content), where the datasets table has record ids already."""
+    has_ids = "id" in {row["name"] for row in conn.execute("PRAGMA table_info(datasets)")}
+    if has_ids:
+        conn.execute("UPDATE jobs SET dataset_id = (SELECT d.id FROM datasets AS d WHERE d.sha256 = "
+                     "jobs.dataset_sha256 AND d.owner = jobs.owner) WHERE dataset_id IS NULL")
+
+
+def one_active_job_per_spec(conn: sqlite3.Connection) -> None:
+    """At most one queued or running job per (owner, spec), kept by the database itself. A database with
+    duplicates from before (several servers once raced) keeps them and gets the index once they finish."""
+    try:
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active ON jobs (owner, spec_key) "
+                     f"WHERE status IN ('{QUEUED}', '{RUNNING}')")
+    except sqlite3.IntegrityError:
+        pass

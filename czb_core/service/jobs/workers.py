@@ -32,15 +32,18 @@ from typing import Callable, Optional
 from czb_core.models.device import bind_process_to
 from czb_core.service.jobs.cpu_pool import CpuTasks
 from czb_core.service.jobs.execution import JobRunner
+from czb_core.service.jobs.job_log import job_log_tail
 from czb_core.service.jobs.store import CANCELLED, FAILED, RUNNING, Job, JobStore
 from czb_core.service.workspace import Workspace
+from czb_core.service.writer_lock import hold_as_worker
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.5
 SUPERVISE_S = 0.5
 CANCEL_GRACE_S = 5.0
-LOG_TAIL_LINES = 8
+ORPHAN_POLL_S = 0.5
+SILENT_S = 300.0  # a running job whose worker has written no heartbeat for this long is failed
 POOL_PREFIX = "cpu-pool-"
 
 
@@ -67,6 +70,7 @@ def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int
     `stop`: true once the server (`server_pid`, the process that started it) is no longer its parent. The
     server's pid comes from the server, not from `getppid` here: a worker started while the server dies
     would otherwise take its new parent (init) for the server and never stop."""
+    hold_as_worker(Path(log_path).parent.parent)  # the workspace root: a new server waits until it is released
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # native crashes write to the file descriptors, not to sys.stderr
     os.dup2(fd, 2)
@@ -77,7 +81,18 @@ def start_worker_process(name: str, log_path: str, memory_limit_mb: Optional[int
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     log.info("worker %s started", name)
-    return lambda: os.getppid() != server_pid
+    orphaned = lambda: os.getppid() != server_pid  # noqa: E731
+    threading.Thread(target=exit_when_orphaned, args=(orphaned, name), name="czb-orphan-watch", daemon=True).start()
+    return orphaned
+
+
+def exit_when_orphaned(orphaned: Callable[[], bool], name: str) -> None:
+    """End this worker process within `ORPHAN_POLL_S` of its server's end, even in the middle of a job: the
+    next server marks that job interrupted, and an orphan must not go on to finish or write to it."""
+    while not orphaned():
+        time.sleep(ORPHAN_POLL_S)
+    log.warning("worker %s: its server has gone; exiting", name)
+    os._exit(0)
 
 
 def worker_main(workspace_root: str, device: str, run_fn: Callable, log_path: str,
@@ -154,13 +169,6 @@ class WorkerProcess:
             self.process.kill()
             self.process.join(timeout)
 
-    def log_tail(self, n: int = LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return "".join(deque(fh, maxlen=n)).strip()
-        except OSError:
-            return ""
-
 
 class Supervisor:
     """Starts a worker process per device and `cpu_workers` pool processes, restarts dead ones and fails
@@ -204,37 +212,52 @@ class Supervisor:
 
     def _check(self, worker: WorkerProcess) -> None:
         if not worker.alive():
-            self._fail_held(worker)
+            self._fail_held(worker, death_cause(worker.process.exitcode if worker.process else None))
             worker.restarts += 1
             worker.start()
             return
         now = time.monotonic()
         for job in self._held_jobs(worker):
+            if job.heartbeat_at is not None and time.time() - job.heartbeat_at > SILENT_S:
+                log.warning("job %s: its %s worker wrote nothing for %.0f s; ending the worker", job.id,
+                            worker.name, time.time() - job.heartbeat_at)
+                self._replace(worker, f"the worker stopped answering for {time.time() - job.heartbeat_at:.0f} s "
+                                      "(stuck, or the job database could not be written)")
+                return
             if not job.cancel_requested:
                 continue
             first = self._cancel_seen.setdefault(job.id, now)
             if now - first >= CANCEL_GRACE_S:  # stuck in a call that never checks: end the process
                 log.warning("job %s ignored its cancel for %.0f s; ending the %s worker", job.id, now - first,
                             worker.name)
-                worker.stop()
-                shutil.rmtree(self.store.artifact_dir_of(job), ignore_errors=True)
-                self.store.set_status(job.id, CANCELLED, message="cancelled (the worker was stopped)",
-                                      only_from=(RUNNING,))
                 self._cancel_seen.pop(job.id, None)
-                self._fail_held(worker)  # a pool worker may have held a scoring run too
-                worker.restarts += 1
-                worker.start()
+                self._replace(worker, "cancelled (the worker was stopped)", cancelled=job)
                 return
 
-    def _fail_held(self, worker: WorkerProcess) -> None:
-        """Fail what a dead (or stopped) worker held, with the cause and its last log lines."""
-        cause = death_cause(worker.process.exitcode if worker.process else None)
-        tail = worker.log_tail()
-        error = f"{cause}; the server and other jobs are unaffected." + (f" Last log lines:\n{tail}" if tail else "")
+    def _replace(self, worker: WorkerProcess, cause: str, cancelled: Optional[Job] = None) -> None:
+        """Stop a live worker, end what it held (`cancelled` as cancelled, the rest failed with `cause`) and
+        start a new one."""
+        held = self._held_jobs(worker)
+        worker.stop()
+        if cancelled is not None:
+            self._end(cancelled, CANCELLED, message="cancelled (the worker was stopped)")
+        self._fail_held(worker, cause, held)
+        worker.restarts += 1
+        worker.start()
+
+    def _end(self, job: Job, status: str, **fields) -> None:
+        """End a job the supervisor took from its worker; its partial files go only if it was still running
+        (a compare-and-set: a job that finished meanwhile keeps its status and files)."""
+        if self.store.set_status(job.id, status, only_from=(RUNNING,), **fields):
+            shutil.rmtree(self.store.artifact_dir_of(job), ignore_errors=True)
+
+    def _fail_held(self, worker: WorkerProcess, cause: str, held: Optional[list[Job]] = None) -> None:
+        """Fail what a dead (or stopped) worker held, with the cause and that job's own last log lines."""
         stage = "UMAP failed: " if worker.in_pool else ""
-        for job in self._held_jobs(worker):
-            shutil.rmtree(self.store.artifact_dir_of(job), ignore_errors=True)  # what it left half-written
-            self.store.set_status(job.id, FAILED, message="failed", error=stage + error, only_from=(RUNNING,))
+        for job in self._held_jobs(worker) if held is None else held:
+            tail = job_log_tail(self.store.db_path.parent, job.id)
+            error = f"{cause}; the server and other jobs are unaffected." + (f" Last log lines:\n{tail}" if tail else "")
+            self._end(job, FAILED, message="failed", error=stage + error)
         if worker.in_pool:
-            self.store.fail_scores_of(worker.pid, error)
+            self.store.fail_scores_of(worker.pid, f"{cause}; the server and other jobs are unaffected.")
         log.warning("%s worker (pid %s) ended: %s; starting a new one", worker.name, worker.pid, cause)
