@@ -198,6 +198,16 @@ class Workspace:
             )
         return resolved
 
+    def check_apart_from_data_roots(self) -> None:
+        """Refuse (ConfigError) a workspace that lies inside a data root: users would reach other users'
+        uploads and the job database by server path. The server checks it at start."""
+        root = self.root.resolve()
+        inside = [str(r) for r in get_settings().data_roots if root.is_relative_to(Path(r).resolve())]
+        if inside:
+            raise ConfigError(f"the workspace {root} lies inside the data folder {inside[0]} (CZB_DATA_ROOTS), where "
+                              "users could open other users' files by path; move the workspace (CZB_HOME or "
+                              "CZB_WORKSPACE) out of the data folders, or list narrower data folders")
+
     # -- reading -----------------------------------------------------------------------------------
 
     def get(self, dataset_id: str, scope: Optional[str] = None) -> DatasetRecord:

@@ -153,6 +153,8 @@ def test_the_workspace_cannot_be_opened_by_server_path(tmp_path, monkeypatch, sm
     bobs = ws.add_file(small_h5ad, owner="bob")
     with pytest.raises(InputError, match="outside the allowed data folders"):
         ws.add_server_path(bobs.path, owner="alice")
+    with pytest.raises(ConfigError, match="lies inside the data folder"):  # and a server refuses to start so
+        JobManager(ws, processes=False, score=False)
 
 
 def test_a_legacy_workspace_gets_record_ids_and_its_jobs_name_them(tmp_path, small_h5ad):

@@ -97,6 +97,7 @@ class JobManager:
         self._holds_writer = False
         if not start_workers:
             return
+        self.workspace.check_apart_from_data_roots()
         self._holds_writer = True
         if acquire_writer(self.workspace.root):  # a new server: what a predecessor left is cleaned first
             if not wait_for_orphan_workers(self.workspace.root):
