@@ -5,18 +5,24 @@ A dataset record expires that many days after it was added; the sweep (at server
 deletes it with its runs through `Workspace.delete_dataset`, the path a user's own deletion takes, so a
 file another record still points at stays. A dataset whose run is queued, running or being scored waits
 for the next sweep rather than having that work fail under it (and the server start does not fail).
+
+The job manager runs the sweep, so the jobs package imports this module: this module must not import that
+package at its top, or importing it first (`import czb_core.service.retention`) would find the package
+half-initialised. The job store's statuses are read when a sweep runs.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from czb_core.config import get_settings
 from czb_core.errors import ConfigError
-from czb_core.service.jobs.store import QUEUED, RUNNING, JobStore
 from czb_core.service.workspace import DatasetRecord, Workspace
+
+if TYPE_CHECKING:
+    from czb_core.service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ def expires_at(record: DatasetRecord) -> Optional[datetime]:
 
 def purge_expired(workspace: Workspace, store: JobStore, now: Optional[datetime] = None) -> list[str]:
     """Delete every owner's expired dataset records with their runs; returns "<owner>/<sha256>" of each."""
+    from czb_core.service.jobs.store import QUEUED, RUNNING  # see the module docstring
+
     now = now or datetime.now(timezone.utc)
     purged = []
     for record in workspace.list():
