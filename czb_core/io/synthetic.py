@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from czb_core.io.atomic import atomic_path
 from czb_core.schema.gene_references import gene_table
 from czb_core.types import Organism
 
@@ -83,8 +84,13 @@ def make_synthetic_counts(
 
 
 def write_demo(path: str | Path, n_cells: int = 3000, n_genes: int = 2000, seed: int = 0) -> Path:
-    """The bundled demo dataset: ~3,000 cells, six cell types, two batches."""
+    """The bundled demo dataset: ~3,000 cells, six cell types, two batches.
+
+    Written under a temporary name beside `path` and renamed into place: two first uses of the demo at once
+    (two users pressing "Use the demo dataset") each write their own copy and the later rename wins, and
+    neither can read the file while the other is still writing it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_synthetic_counts(n_cells=n_cells, n_genes=n_genes, seed=seed).write_h5ad(path)
+    with atomic_path(path) as tmp:
+        make_synthetic_counts(n_cells=n_cells, n_genes=n_genes, seed=seed).write_h5ad(tmp)
     return path
