@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
+    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
+                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.add_argument("--stream", action="store_true",
                    help="read the matrix in row blocks, never whole (models that can; default: only when it does "
                         "not fit in memory)")
@@ -421,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
+    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
+                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("perturb-predict", help="predict a perturbation's effect on control cells (scGenePT)")
@@ -438,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's weights")
+    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
+                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.set_defaults(func=cmd_perturb_predict)
 
     p = sub.add_parser("benchmark", help="score an embedding already in an h5ad beside the PCA baseline, or "

@@ -1,7 +1,8 @@
 """Weights: which models' weights this server holds, and getting the missing ones before a user's run needs
 them: download now, or import a folder (under the allowed data roots) or a tarball copied from elsewhere,
 for servers without network. Downloads and imports run in the background (`WeightsTasks`), so clicking
-elsewhere does not stop them. The logic is in `czb_core.models.weights_admin`.
+elsewhere does not stop them. The logic is in `czb_core.models.weights_admin`; who may download, import or
+cancel is `may_manage_weights` (with login: only `CZB_ADMINS`), everyone else sees the table.
 
 `?model=<name>&variant=<name>` preselects a variant (the Run page links here with them).
 """
@@ -25,7 +26,7 @@ from czb_core.models.weights_admin import (
     with_source_sizes,
 )
 from czb_core.progress import format_amount
-from pages.common import current_user, recall, remember
+from pages.common import auth_configured, current_user, recall, remember
 
 POLL_S = 1.0
 ALL_PARTS = "all parts (one subfolder per part)"
@@ -52,8 +53,9 @@ def weights_table() -> pd.DataFrame:
     } for e in entries])
 
 
-def task_panel(model: str, variant: str) -> None:
-    """The variant's running download or import with a byte progress bar; the page reloads when it ends."""
+def task_panel(model: str, variant: str, manages: bool) -> None:
+    """The variant's running download or import with a byte progress bar (and, for who `manages` weights, its
+    Cancel); the page reloads when it ends."""
     task = weights_tasks().task(model, variant)
     if task is None:
         return
@@ -61,7 +63,7 @@ def task_panel(model: str, variant: str) -> None:
         unit = f"{format_amount(task.done, 'bytes')} of {format_amount(task.total, 'bytes')}" if task.total else \
             format_amount(task.done, "bytes")
         st.progress(min(1.0, task.done / task.total) if task.total else 0.0, text=f"{task.step or task.kind}: {unit}")
-        if st.button("Cancel", key="cancel-weights"):
+        if manages and st.button("Cancel", key="cancel-weights"):
             task.cancel.cancel()
     elif task.error:
         st.error(f"The {task.kind} of {model} / {variant} failed: {task.error}")
@@ -70,9 +72,9 @@ def task_panel(model: str, variant: str) -> None:
 
 
 @st.fragment(run_every=POLL_S)
-def poll(model: str, variant: str) -> None:
+def poll(model: str, variant: str, manages: bool) -> None:
     task = weights_tasks().task(model, variant)
-    task_panel(model, variant)
+    task_panel(model, variant, manages)
     if task is not None and task.finished:
         st.rerun(scope="app")
 
@@ -105,17 +107,18 @@ remember("model", model)
 remember("variant", variant)
 parts = variant_weights(config, variant)
 
+user = current_user()
+manages = may_manage_weights(user, login_required=auth_configured())
 task = weights_tasks().task(model, variant)
 if task is not None and task.running:
-    poll(model, variant)
+    poll(model, variant, manages)
     st.stop()
-task_panel(model, variant)
+task_panel(model, variant, manages)
 
-if not may_manage_weights(current_user()):
+if not manages:
     st.info("Only the server's admins download or import weights here; ask one of them.")
     st.stop()
 
-user = current_user()
 download, from_folder, from_upload = st.tabs(["Download now", "Import from a server folder", "Upload a tarball"])
 with download:
     source = config.variant(variant).weights_from

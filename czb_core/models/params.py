@@ -4,11 +4,18 @@ A runner lists its `Param`s; the CLI's parser, the Run page's form, the job spec
 derived from that list, so a parameter cannot mean one thing on the command line and another in the app.
 The device is not a parameter (where a run happens does not change what it computes), and every model
 takes `seed` and `batch_size`, with one default batch size per model.
+
+No parameter names a file, folder or URL. A browser user sets parameters on the Run page, and a value the
+server would open or request (`s3://...`, `/etc/...`, `~/...`, `../...`) would let that user read server
+files or make the server call any address. Weights and other model resources come from the variant's
+`config.yaml` or an admin's import; `Param.convert` refuses any text value that looks like a location, so a
+runner cannot bring such a parameter back.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -25,6 +32,26 @@ def parse_bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true or false, got {value!r}")
+
+
+# scheme:// (or scheme:/), an absolute POSIX or Windows path, a home folder, or a `..` segment
+_LOCATION = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9+.-]*:/|[/\\~]|[A-Za-z]:[/\\])|(?:^|[/\\])\.\.(?:[/\\]|$)")
+
+
+def names_a_location(text: str) -> bool:
+    """Whether `text` reads as a URL or a filesystem path that a server would open."""
+    return bool(_LOCATION.search(text))
+
+
+def _texts(value: Any) -> list[str]:
+    """The text inside a converted value: itself, the items of a list, the keys and values of a mapping."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for pair in value.items() for item in pair for t in _texts(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _texts(item)]
+    return []
 
 
 def parse_list(value: Any) -> tuple[str, ...]:
@@ -77,6 +104,10 @@ class Param:
                 value = str(value).strip()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"parameter {self.name}={value!r}: {exc}") from None
+        if any(names_a_location(text) for text in _texts(value)):
+            raise ConfigError(f"parameter {self.name}={value!r}: a run parameter never names a file, folder or URL; "
+                              "weights and model files come from the model's config or an admin's import "
+                              "(the Weights page)")
         if self.choices is not None and value not in self.choices:
             allowed = [str(c) for c in self.choices]
             allowed = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)

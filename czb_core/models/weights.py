@@ -431,7 +431,7 @@ def copy_tree(
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for file in files:
         if not file.resolve().is_relative_to(folder):
-            raise WeightsError(f"{file} links to {file.resolve()}, outside {folder}; copy the file itself there")
+            raise WeightsError(f"{file} links outside {folder}; copy the file itself there")
     meter = _ByteProgress(progress, sum(f.stat().st_size for f in files), step=IMPORT_STEP)
     records = []
     for file in files:

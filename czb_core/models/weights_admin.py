@@ -216,9 +216,16 @@ def verify_weights(model: str, variant: Optional[str] = None,
     return {role: cache.verify(uri) for role, uri in variant_weights(get_model(model), variant).items()}
 
 
-def may_manage_weights(user: str) -> bool:
-    """Who may download or import weights: anyone on a server without admins (a one-person install),
-    else only the admins (`CZB_ADMINS`): the cache is shared, and an import vouches for the files."""
+def may_manage_weights(user: str, *, login_required: bool) -> bool:
+    """Who may download or import weights: the cache is shared, and an import vouches for the files (a run
+    unpickles what an admin imported as it would the configured source's bytes).
+
+    With login (`login_required`: the app makes every visitor log in) only the admins (`CZB_ADMINS`) may,
+    and nobody while no admin is named: every account is someone else's, not the server's operator. Without
+    login the app has one local user, the person who started it, who may unless admins are named and that
+    user is not one of them."""
+    if login_required:
+        return is_admin(user)
     return not get_settings().admins or is_admin(user)
 
 
@@ -283,7 +290,8 @@ def import_weights(
         if empty:
             raise WeightsError(f"{where} holds no files for {label} ({', '.join(empty)}); nothing was imported")
         _check_pins(implementation, roles, records, where)
-        _try_weights(implementation, label, where, roles, {r: staging / r / FILES_DIR for r in parts}, cache)
+        _try_weights(implementation, label, where, roles, {r: staging / r / FILES_DIR for r in parts}, records,
+                     cache)
         facts = dict(imported_from=where, imported_by=imported_by or get_settings().user,
                      imported_at=datetime.now(timezone.utc).isoformat())
         manifests = {r: cache.install(roles[r], staging / r, records[r], **facts) for r in parts}
@@ -354,13 +362,21 @@ def _check_pins(implementation, roles: dict[str, str], records: dict[str, list[d
 
 
 def _try_weights(implementation, label: str, where: str, roles: dict[str, str], staged: dict[str, Path],
-                 cache: WeightsCache) -> None:
+                 records: dict[str, list[dict]], cache: WeightsCache) -> None:
     """Run the variant's `check_weights` on the staged entries (and the cached ones of the other parts)
-    with a two-cell dataset; any failure to read them refuses the import."""
+    with a two-cell dataset; any failure to read them refuses the import.
+
+    The runner sees the entries as a run will after the import: the folders as `weights_dirs`, and as
+    `weights_manifest` the manifest the model entry gets on install (its configured URI, the staged files'
+    sha256), so a runner that verifies files against the manifest (scVI's `model.pt`) checks these bytes."""
     dirs = dict(staged)
     for role, uri in roles.items():
         if role not in dirs and cache.is_cached(uri):
             dirs[role] = cache.entry_dir(uri) / FILES_DIR
+    main = MODEL_ROLE if MODEL_ROLE in roles else next(iter(roles))
+    implementation.weights_dirs = dirs
+    implementation.weights_manifest = ({"uri": roles[main], "files": records[main]} if main in records
+                                       else cache.manifest(roles[main]))
     report = ValidationReport(model=implementation.config.name, variant=implementation.variant)
     try:
         implementation.check_weights(_probe_manager(implementation), report, dirs)

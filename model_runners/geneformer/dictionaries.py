@@ -120,17 +120,17 @@ class GeneDictionaries:
 
 
 def find_file(folder: Path, name: str) -> Path:
-    """The one file called `name` anywhere under `folder` (mirrors may nest the dictionaries)."""
+    """The one file called `name` anywhere under `folder` (mirrors may nest the dictionaries).
+
+    The errors name the file wanted, never what else the folder holds: the message reaches users of the app.
+    """
     matches = sorted(p for p in Path(folder).rglob(name) if p.is_file())
     if len(matches) == 1:
         return matches[0]
-    present = sorted(p.name for p in Path(folder).rglob("*") if p.is_file())
     if not matches:
-        raise WeightsError(
-            f"{name} is missing from {folder} (it holds: {', '.join(present[:12]) or 'nothing'}); "
-            "check the variant's dictionaries URI"
-        )
-    raise WeightsError(f"{folder} holds {len(matches)} files called {name}; keep one: {matches}")
+        raise WeightsError(f"{name} is missing from {folder}; the variant's dictionaries (config.yaml, or an "
+                           "admin's import on the Weights page) must hold it")
+    raise WeightsError(f"{folder} holds {len(matches)} files called {name}; keep one")
 
 
 def load_dictionaries(folder: Path, files: DictionaryFiles, n_special: int) -> GeneDictionaries:

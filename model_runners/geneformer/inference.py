@@ -44,12 +44,11 @@ def load_checkpoint(folder: Path, attn_implementation: str = "sdpa"):
     from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
-    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    if "config.json" not in present or not any(name in present for name in WEIGHT_FILES):
-        raise WeightsError(
-            f"{folder} is not a Geneformer checkpoint: it needs config.json and model.safetensors or "
-            f"pytorch_model.bin (it holds: {', '.join(present) or 'nothing'})"
-        )
+    lacking = [names for names in (("config.json",), WEIGHT_FILES)
+               if not any((folder / name).is_file() for name in names)]
+    if lacking:  # what is missing, never what else the folder holds: the message reaches users of the app
+        raise WeightsError(f"{folder} is not a Geneformer checkpoint: it has no "
+                           f"{' and no '.join(' or '.join(names) for names in lacking)}")
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

@@ -1,10 +1,12 @@
 """Geneformer (Theodoris et al. 2023): rank-value tokens of each cell through a BERT encoder.
 
 Two weights entries per variant: `model` (the checkpoint folder) and `dictionaries` (the gene
-dictionaries every variant of a family shares). Per-variant facts (dictionary file names, special
-tokens, input size, whether `<cls>`/`<eos>` are added) are variant `resources` in `config.yaml`, so
-the code holds no variant table. `prepare` tokenizes the cells (and the perturbed cells, with
-perturbation params); `embed` embeds them and stores the cosine shift in `obs["perturbation_shift"]`.
+dictionaries every variant of a family shares), both named in `config.yaml` (or filled by an admin's
+import); no run parameter points elsewhere, and `--weights` replaces only the checkpoint. Per-variant
+facts (dictionary file names, special tokens, input size, whether `<cls>`/`<eos>` are added) are
+variant `resources` in `config.yaml`, so the code holds no variant table. `prepare` tokenizes the cells
+(and the perturbed cells, with perturbation params); `embed` embeds them and stores the cosine shift in
+`obs["perturbation_shift"]`.
 
 Cells with no gene in the vocabulary cannot be embedded (V1 has no token to read at all, and a V2
 `<cls><eos>` sequence says nothing about the cell), so a run refuses them with a count and a fix
@@ -99,8 +101,6 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
               label="Activate genes"),
         Param("feature_map", "mapping", {}, "GENE=TOKEN pairs, comma-separated; TOKEN an id or a name such as "
               "<mask>", label="Map genes to tokens", parse=token_map),
-        Param("dictionaries", "str", "", "URI of the gene dictionaries (default: the variant's)",
-              label="Dictionaries URI"),
     )
     default_batch_size = None  # from the free GPU memory, 16 on the CPU (see CellEncoder.auto_batch_size)
     embeds_cells_apart = True  # each cell's rank-value tokens and forward pass are its own
@@ -116,8 +116,6 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
 
     def weights_sources(self) -> dict[str, str]:
         sources = super().weights_sources()
-        if self.args.dictionaries:
-            sources[DICTIONARIES] = self.args.dictionaries
         if DICTIONARIES not in sources:
             raise ConfigError(f"variant {self.variant} names no weights['{DICTIONARIES}'] URI")
         return sources

@@ -20,8 +20,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-
-
+from czb_core.errors import WeightsError
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
 from czb_core.models.params import Param
 from czb_core.models.runner import LoadedModels, RunOutput
@@ -110,7 +109,8 @@ class SCVIValidator(BaseSingleCellValidator):
             return
         from model_runners.scvi.reference import overlap
 
-        add_overlap_problems(report, *overlap(manager.genes_g, self.reference()), self.name)
+        reference = self.reference(weights_dirs[MODEL_ROLE])
+        add_overlap_problems(report, *overlap(manager.genes_g, reference), self.name)
 
     def check_cached_weights(self, manager: DataManager, report: ValidationReport) -> None:
         super().check_cached_weights(manager, report)
@@ -155,31 +155,40 @@ class SCVIModel(SCVIValidator, BaseModelImplementation):
 
     # -- the reference (Census variants) -----------------------------------------------------------
 
-    def reference(self):
-        """The reference model, unpickled only from bytes that pass `verify_trusted_file` (see safe_load),
-        once per file version and trust decision in this process."""
+    def reference(self, weights_dir: Path):
+        """The reference model in `weights_dir` (the folder `check_weights` or `load` is handed: a run's cache
+        entry, or an admin's import being checked), unpickled only from bytes that pass `verify_trusted_file`
+        against `weights_manifest` (see safe_load), once per file version and trust decision in this process."""
         from model_runners.scvi.reference import MODEL_FILE, load_reference
 
         configured = self.variant_config.weights.get(MODEL_ROLE) or next(iter(self.variant_config.weights.values()))
         pins = [self.args.weights_sha256 or None]
         if self.weights_manifest and self.weights_manifest.get("uri") == configured:
             pins.append(self.variant_config.weights_sha256.get(MODEL_FILE))
-        weights_dir = self.weights_dirs[MODEL_ROLE]
-        stat = (weights_dir / MODEL_FILE).stat()
+        try:
+            stat = (weights_dir / MODEL_FILE).stat()
+        except OSError:
+            raise WeightsError(f"the scVI reference holds no {MODEL_FILE} (a scvi-tools model save)") from None
         key = (str(weights_dir), stat.st_size, stat.st_mtime_ns, json.dumps(self.weights_manifest, sort_keys=True),
                configured, tuple(pins))
         reference = _REFERENCES.get(key)
         if reference is None:
             verified = verify_trusted_file(weights_dir, MODEL_FILE, self.weights_manifest,
                                            configured_uri=configured, pins=pins)
-            reference = load_reference(verified)
+            try:
+                reference = load_reference(verified)
+            except WeightsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unpickling other bytes fails in many ways, all meaning this
+                raise WeightsError(f"{MODEL_FILE} is not a scvi-tools model save "
+                                   f"({type(exc).__name__}: {exc})") from exc
             _REFERENCES.put(key, reference)
         return reference
 
     # -- the protocol ------------------------------------------------------------------------------
 
     def load(self, weights_dir: Optional[Path], device: str) -> None:
-        self.model = self.reference() if self.is_reference else None
+        self.model = self.reference(Path(weights_dir)) if self.is_reference else None
 
     def load_key(self) -> tuple:
         return (self.args.weights_sha256,)

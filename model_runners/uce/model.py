@@ -2,13 +2,14 @@
 
 Two weights entries per variant: `model` (the checkpoint `.torch`, a state dict holding the frozen token
 table) and `model_files` (offsets, chromosome table, protein-embedding dicts and `all_tokens.torch`,
-shared by both variants). `check_weights` resolves the dataset's genes against the organism's files
-(case-insensitive symbols; genes without a protein embedding or a chromosome position are dropped and
-counted) and, when asked for, applies the authors' optional filter (genes detected in >= 10 cells, then
-cells with >= 25 of those genes) by marking the dropped cells in the data manager, so the output keeps
-the input order of the kept cells and names the dropped ones. `prepare` restricts the counts to the
-usable genes; `embed` samples each chunk of cells' sentences (`sampler`) and runs the network
-(`encoder`) at the full padded length, whatever the batch size.
+shared by both variants), both named in `config.yaml` (or filled by an admin's import); no run parameter
+points elsewhere, and `--weights` replaces only the checkpoint. `check_weights` resolves the dataset's
+genes against the organism's files (case-insensitive symbols; genes without a protein embedding or a
+chromosome position are dropped and counted) and, when asked for, applies the authors' optional filter
+(genes detected in >= 10 cells, then cells with >= 25 of those genes) by marking the dropped cells in the
+data manager, so the output keeps the input order of the kept cells and names the dropped ones.
+`prepare` restricts the counts to the usable genes; `embed` samples each chunk of cells' sentences
+(`sampler`) and runs the network (`encoder`) at the full padded length, whatever the batch size.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class UCE(UCEValidator, BaseModelImplementation):
         Param("filter", "bool", False, f"the authors' filter: keep genes detected in >= {FILTER_MIN_CELLS} cells, "
               f"then cells with >= {FILTER_MIN_GENES} of them; dropped cells are named in the run record",
               label="Filter cells and genes"),
-        Param("model_files", "str", "", "URI of the model files (default: the variant's)", label="Model files URI"),
     )
     default_batch_size = None  # the variant's GPU batch (resources) on a GPU, CPU_BATCH_SIZE on the CPU
     row_alignment = CHUNK_CELLS  # the cells sampled from one generator
@@ -109,8 +109,6 @@ class UCE(UCEValidator, BaseModelImplementation):
 
     def weights_sources(self) -> dict[str, str]:
         sources = super().weights_sources()
-        if self.args.model_files:
-            sources[MODEL_FILES] = self.args.model_files
         if MODEL_FILES not in sources:
             raise ConfigError(f"variant {self.variant} names no weights['{MODEL_FILES}'] URI")
         return sources
@@ -224,7 +222,7 @@ def model_file(folder: Path, name: str) -> Path:
     found = sorted(folder.glob("*.torch"))
     if len(found) == 1:
         return found[0]
-    raise WeightsError(f"the UCE model folder {folder} holds no {name} (found {[p.name for p in found]}); "
+    raise WeightsError(f"the UCE model weights hold no {name} and {len(found)} other .torch files, not one; "
                        "check the variant's model URI or --weights")
 
 

@@ -104,6 +104,24 @@ def config(served, s3_env):
     return dataclasses.replace(real, variants=variants, default_variant="v2")
 
 
+@pytest.fixture
+def registered(served, s3_env, monkeypatch):
+    """The command line's registry: the real Geneformer config (real variant names and input sizes) with
+    every variant's weights and dictionaries in the moto bucket, as an admin's config.yaml would point them."""
+    from czb_core.models import pipeline
+
+    real = get_model("geneformer")
+    variants = {}
+    for name, variant in real.variants.items():
+        family = "v2" if variant.resources["add_cls_eos"] else "v1"
+        weights = {"model": f"s3://{served.bucket}/geneformer/{family}",
+                   "dictionaries": f"s3://{served.bucket}/geneformer/dicts"}
+        variants[name] = dataclasses.replace(variant, weights=weights)
+    config = dataclasses.replace(real, variants=variants)
+    monkeypatch.setattr(pipeline, "get_model", lambda name: config if name == "geneformer" else get_model(name))
+    return config
+
+
 def varied_cells(small_adata, n_cells=60, seed=0) -> ad.AnnData:
     """`n_cells` cells with 2 to ~150 detected genes (varied lengths), in a shuffled order."""
     rng = np.random.default_rng(seed)
@@ -235,15 +253,13 @@ def test_activation_goes_first_and_feature_map_replaces_the_token(config, store,
         assert token not in plain.cell(i)[:2]
 
 
-def test_czb_perturb_writes_the_shift_beside_the_perturbed_embedding(served, s3_env, small_adata, write_h5ad,
+def test_czb_perturb_writes_the_shift_beside_the_perturbed_embedding(registered, small_adata, write_h5ad,
                                                                     tmp_path, capsys):
     adata = varied_cells(small_adata, n_cells=25, seed=4)
     out = tmp_path / "perturbed.h5ad"
     symbol = adata.var["feature_name"].iloc[3]
     code = main(["perturb", str(write_h5ad(adata)), "--variant", "Geneformer-V2-316M", "--out", str(out),
-                 "--delete", symbol, "--activate", adata.var_names[4], adata.var_names[6], "--batch-size", "4",
-                 "--weights", f"s3://{served.bucket}/geneformer/v2",
-                 "--param", f"dictionaries=s3://{served.bucket}/geneformer/dicts"])
+                 "--delete", symbol, "--activate", adata.var_names[4], adata.var_names[6], "--batch-size", "4"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "obs['perturbation_shift']" in captured.out and "64 positions" in captured.err
@@ -257,11 +273,10 @@ def test_czb_perturb_writes_the_shift_beside_the_perturbed_embedding(served, s3_
     assert main(["perturb", "x.h5ad", "--out", str(out)]) == 2  # no gene named
 
 
-def test_czb_run_v1_through_the_registry(served, s3_env, small_adata, write_h5ad, tmp_path, capsys):
+def test_czb_run_v1_through_the_registry(registered, small_adata, write_h5ad, tmp_path, capsys):
     out = tmp_path / "v1.h5ad"
     code = main(["run", str(write_h5ad(varied_cells(small_adata, n_cells=10))), "--model", "geneformer",
-                 "--variant", "gf-6L-30M-i2048", "--out", str(out), "--weights", f"s3://{served.bucket}/geneformer/v1",
-                 "--param", f"dictionaries=s3://{served.bucket}/geneformer/dicts"])
+                 "--variant", "gf-6L-30M-i2048", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     result = ad.read_h5ad(out)
     assert result.obsm["X_geneformer"].shape == (10, 16) and SHIFT_COLUMN not in result.obs
@@ -329,15 +344,14 @@ def test_broken_checkpoints_give_a_weights_error(tmp_path, store, damage):
         load_checkpoint(folder)
 
 
-def test_truncated_checkpoint_on_s3_fails_the_run_with_a_weights_error(s3_server, store, config, small_adata,
+def test_truncated_checkpoint_on_s3_fails_the_run_with_a_weights_error(s3_server, store, registered, small_adata,
                                                                        write_h5ad, capsys, tmp_path):
     bucket = s3_server.new_bucket("broken")
     weights = (store.root / "v2" / "model.safetensors").read_bytes()
     s3_server.put_bytes(bucket, "v2/config.json", (store.root / "v2" / "config.json").read_bytes())
     s3_server.put_bytes(bucket, "v2/model.safetensors", weights[:-100])
     code = main(["run", str(write_h5ad(varied_cells(small_adata, n_cells=5))), "--model", "geneformer",
-                 "--out", str(tmp_path / "o.h5ad"), "--weights", f"s3://{bucket}/v2",
-                 "--param", f"dictionaries={config.variant('v2').weights['dictionaries']}"])
+                 "--out", str(tmp_path / "o.h5ad"), "--weights", f"s3://{bucket}/v2"])  # the config's dictionaries
     err = capsys.readouterr().err
     assert code == 3 and "cannot be loaded" in err and "download it again" in err
 
@@ -367,8 +381,11 @@ def test_malicious_dictionary_pickle_is_refused_before_anything_runs(s3_server, 
     token = dict(store.contents["gc95M"][0])
     token["<pad>"] = Exploit(marker)
     s3_server.put_bytes(bucket, "dicts/token_dictionary_gc95M.pkl", pickle.dumps(token))
+    evil = dataclasses.replace(config.variant("v2"), weights={**config.variant("v2").weights,
+                                                               "dictionaries": f"s3://{bucket}/dicts"})
     with pytest.raises(UnsafePickleError, match="token_dictionary_gc95M.pkl: refusing to load posix.system"):
-        run_variant(config, "v2", write_h5ad(varied_cells(small_adata, n_cells=5)), dictionaries=f"s3://{bucket}/dicts")
+        run_variant(dataclasses.replace(config, variants={"v2": evil}), "v2",
+                    write_h5ad(varied_cells(small_adata, n_cells=5)))
     assert not marker.exists()
 
 

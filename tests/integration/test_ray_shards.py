@@ -61,7 +61,8 @@ def streamed_pca(counts_h5ad, tmp_path_factory) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def geneformer_v1(s3_server, small_adata, tmp_path_factory):
-    """A V1-format tiny checkpoint and gc30M dictionaries in a loopback S3 bucket: (weights URI, dictionaries URI)."""
+    """A V1-format tiny checkpoint and gc30M dictionaries in a loopback S3 bucket: the weights of the config's
+    `gf-6L-30M-i2048` there (role -> URI)."""
     root = tmp_path_factory.mktemp("geneformer")
     genes = sorted(small_adata.var_names[:250])
     medians = dict(zip(genes, np.random.default_rng(7).lognormal(0, 1, len(genes))))
@@ -74,12 +75,27 @@ def geneformer_v1(s3_server, small_adata, tmp_path_factory):
     bucket = s3_server.new_bucket("ray-geneformer")
     for name in ("dicts", "model"):
         s3_server.put_dir(bucket, f"gf/{name}", root / name)
-    return f"s3://{bucket}/gf/model", f"s3://{bucket}/gf/dicts"
+    return {"model": f"s3://{bucket}/gf/model", "dictionaries": f"s3://{bucket}/gf/dicts"}
 
 
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("CZB_S3_ENDPOINT_URL", s3_server.endpoint_url)
+
+
+@pytest.fixture
+def geneformer_registered(geneformer_v1, monkeypatch):
+    """The registry as `embed_file` and the command line read it: Geneformer's V1 variant with its weights in the
+    loopback bucket (the shards get the config object itself, so the workers read the same)."""
+    import dataclasses
+
+    from czb_core.models import pipeline
+
+    real = get_model("geneformer")
+    variant = dataclasses.replace(real.variant("gf-6L-30M-i2048"), weights=geneformer_v1)
+    config = dataclasses.replace(real, variants={**real.variants, variant.name: variant})
+    monkeypatch.setattr(pipeline, "get_model", lambda name: config if name == "geneformer" else get_model(name))
+    return config
 
 
 def live_workers(ray) -> list[str]:
@@ -154,19 +170,17 @@ def test_sharded_pca_projection_equals_the_streamed_baseline(ray_cluster, counts
 
 
 @pytest.mark.slow
-def test_sharded_geneformer_through_the_cli_equals_one_process(ray_cluster, geneformer_v1, s3_env, small_adata,
-                                                               write_h5ad, tmp_path):
-    weights, dictionaries = geneformer_v1
+def test_sharded_geneformer_through_the_cli_equals_one_process(ray_cluster, geneformer_registered, s3_env,
+                                                               small_adata, write_h5ad, tmp_path):
     adata = small_adata[:60].copy()
     x_ng = adata.X.toarray()
     x_ng[:, 0] = np.maximum(x_ng[:, 0], 1)  # a vocabulary gene in every cell
     adata.X = sp.csr_matrix(x_ng)
     path = write_h5ad(adata)
-    single = embed_file(path, "geneformer", "gf-6L-30M-i2048", weights=weights,
-                        params={"dictionaries": dictionaries, "batch_size": 5})
+    single = embed_file(path, "geneformer", "gf-6L-30M-i2048", params={"batch_size": 5})
     out = tmp_path / "sharded.h5ad"
-    code = main(["run", str(path), "--model", "geneformer", "--variant", "gf-6L-30M-i2048", "--weights", weights,
-                 "--param", f"dictionaries={dictionaries}", "--batch-size", "5", "--ray", "auto", "--out", str(out)])
+    code = main(["run", str(path), "--model", "geneformer", "--variant", "gf-6L-30M-i2048", "--batch-size", "5",
+                 "--ray", "auto", "--out", str(out)])
     assert code == 0
     result = ad.read_h5ad(out)
     np.testing.assert_allclose(result.obsm["X_geneformer"], single.emb_nd, atol=1e-5, rtol=0)
@@ -179,8 +193,7 @@ def test_sharded_geneformer_through_the_cli_equals_one_process(ray_cluster, gene
     x_ng[37, :250], x_ng[37, 260] = 0, 3  # a cell with counts in no vocabulary gene: only a shard can see it
     adata.X = sp.csr_matrix(x_ng)
     with pytest.raises(DatasetValidationError, match="1 of 8 cells have no gene in the vocabulary"):
-        embed_file(write_h5ad(adata), "geneformer", "gf-6L-30M-i2048", weights=weights, ray_address="auto",
-                   params={"dictionaries": dictionaries})
+        embed_file(write_h5ad(adata), "geneformer", "gf-6L-30M-i2048", ray_address="auto")
     assert not live_workers(ray_cluster)
 
 

@@ -97,6 +97,15 @@ def config(served, s3_server, monkeypatch):
     return dataclasses.replace(real, variants={"4l": variant})
 
 
+@pytest.fixture
+def registered(config, monkeypatch):
+    """`embed_file` and the command line read the registry: there, UCE is the config pointed at the moto bucket."""
+    from czb_core.models import pipeline
+
+    monkeypatch.setattr(pipeline, "get_model", lambda name: config if name == "uce" else get_model(name))
+    return config
+
+
 def human_cells(small_adata, n_cells=24, seed=0) -> ad.AnnData:
     """Cells with varied numbers of detected genes; some symbols lower-cased (matching is case-insensitive)."""
     rng = np.random.default_rng(seed)
@@ -180,12 +189,10 @@ def test_sentences_hold_the_cells_expressed_genes_by_the_files_own_tokens(config
         assert set(sentence) - set(genes) - {CLS, CHROM_RIGHT} <= chrom_tokens
 
 
-def test_cli_run_writes_x_uce(config, served, small_adata, write_h5ad, tmp_path, monkeypatch, s3_server, capsys):
+def test_cli_run_writes_x_uce(registered, small_adata, write_h5ad, tmp_path, capsys):
     path = write_h5ad(human_cells(small_adata, n_cells=6))
     out = tmp_path / "out.h5ad"
-    code = main(["run", str(path), "--model", "uce", "--out", str(out), "--device", "cpu", "--batch-size", "4",
-                 "--weights", f"s3://{served.bucket}/uce/4layer_model.torch",
-                 "--param", f"model_files=s3://{served.bucket}/uce/model_files/"])
+    code = main(["run", str(path), "--model", "uce", "--out", str(out), "--device", "cpu", "--batch-size", "4"])
     assert code == 0, capsys.readouterr().err
     result = ad.read_h5ad(out)
     assert result.obsm["X_uce"].shape == (6, TINY["decoder"][1])
@@ -193,7 +200,7 @@ def test_cli_run_writes_x_uce(config, served, small_adata, write_h5ad, tmp_path,
     assert result.uns["czb_run"]["model"] == "uce"
 
 
-def test_filter_drops_cells_and_keeps_the_others_in_input_order(config, small_adata, write_h5ad):
+def test_filter_drops_cells_and_keeps_the_others_in_input_order(registered, small_adata, write_h5ad):
     adata = human_cells(small_adata, n_cells=30, seed=2)
     x = adata.X.toarray()
     x[:, :40] = np.maximum(x[:, :40], 1)  # 40 detected genes in every cell...
@@ -202,9 +209,7 @@ def test_filter_drops_cells_and_keeps_the_others_in_input_order(config, small_ad
     x[sparse_cells, :5] = 2  # ...but 5 in these: below the filter's 25
     adata.X = sp.csr_matrix(x)
     path = write_h5ad(adata)
-    model_uri, files_uri = config.variant("4l").weights["model"], config.variant("4l").weights[MODEL_FILES]
-    result = embed_file(path, "uce", "4l", params={"filter": True, "batch_size": 8, "model_files": files_uri},
-                        weights=model_uri, device="cpu")
+    result = embed_file(path, "uce", "4l", params={"filter": True, "batch_size": 8}, device="cpu")
     kept = [name for i, name in enumerate(adata.obs_names) if i not in sparse_cells]
     assert list(result.obs.index) == kept
     assert result.emb_nd.shape[0] == len(kept)
@@ -212,13 +217,12 @@ def test_filter_drops_cells_and_keeps_the_others_in_input_order(config, small_ad
     assert result.record["facts"]["cells dropped by the filter"] == dropped
     assert any("dropped 3 cells" in note for note in result.record["notes"])
     assert any(p["code"] == "cells_filtered" for p in result.record["validation"])
-    plain = embed_file(path, "uce", "4l", params={"batch_size": 8, "model_files": files_uri}, weights=model_uri,
-                       device="cpu")
+    plain = embed_file(path, "uce", "4l", params={"batch_size": 8}, device="cpu")
     assert plain.emb_nd.shape[0] == 30
 
 
-def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(config, small_adata, write_h5ad, monkeypatch,
-                                                                     tmp_path):
+def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(registered, small_adata, write_h5ad,
+                                                                     monkeypatch, tmp_path):
     from czb_core.streaming import chunks
     from model_runners.uce import sampler
 
@@ -226,10 +230,9 @@ def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(config, sm
     monkeypatch.setattr(UCE, "row_alignment", 8)
     monkeypatch.setattr(chunks, "MAX_CHUNK_ROWS", 10)  # rounded down to whole groups: chunks of 8
     path = write_h5ad(human_cells(small_adata))
-    model_uri, files_uri = config.variant("4l").weights["model"], config.variant("4l").weights[MODEL_FILES]
-    params = {"batch_size": 5, "model_files": files_uri, "seed": 4}
-    whole = embed_file(path, "uce", "4l", params=params, weights=model_uri, device="cpu", stream=False)
-    streamed = embed_file(path, "uce", "4l", params=params, weights=model_uri, device="cpu", stream=True)
+    params = {"batch_size": 5, "seed": 4}
+    whole = embed_file(path, "uce", "4l", params=params, device="cpu", stream=False)
+    streamed = embed_file(path, "uce", "4l", params=params, device="cpu", stream=True)
     np.testing.assert_allclose(streamed.emb_nd, whole.emb_nd, atol=1e-6)
     assert streamed.record["reading"] == "streamed" and "3 chunks of up to 8 cells" in streamed.record["facts"]["reading"]
     assert streamed.record["facts"]["genes used"] == HUMAN_PLACED  # the same in every chunk: kept once
@@ -237,7 +240,7 @@ def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(config, sm
     write_run_h5ad(streamed, tmp_path / "streamed.h5ad")  # the embedding on disk is written like any other
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "streamed.h5ad").obsm["X_uce"], whole.emb_nd, atol=1e-6)
     with pytest.raises(ConfigError, match="uses all cells at once"):  # the filter counts cells of the whole file
-        embed_file(path, "uce", "4l", params={**params, "filter": True}, weights=model_uri, device="cpu", stream=True)
+        embed_file(path, "uce", "4l", params={**params, "filter": True}, device="cpu", stream=True)
 
 
 def test_mouse_runs_on_uce_and_is_refused_by_geneformer(config, served, write_h5ad):

@@ -245,7 +245,7 @@ def test_a_variant_in_parts_imports_the_part_named(data_root):
         import_weights("geneformer", "gf-6L-30M-i2048", v1)
     with pytest.raises(WeightsError, match="token_dictionary_gc30M.pkl is missing") as err:
         import_weights("geneformer", "gf-6L-30M-i2048", v2, role="dictionaries")
-    assert f"missing from {v2} " in str(err.value)  # the folder given, not the staging copy
+    assert f"missing from {v2};" in str(err.value)  # the folder given, not the staging copy
     assert not WeightsCache().is_cached(GF_DICTIONARIES)
 
     [entry] = import_weights("geneformer", "gf-6L-30M-i2048", v1, role="dictionaries")
