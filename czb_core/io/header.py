@@ -18,11 +18,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import InputError
+from czb_core.io.declared import COUNT_LOCATIONS, sparse_format
 from czb_core.io.legacy import read_legacy_h5ad
 from czb_core.io.reading import check_not_empty, check_readable, is_10x_h5, is_legacy_file, read_10x_h5
 
-COUNT_LOCATIONS = ("X", "layers/counts", "raw/X")
 SAMPLE_ROWS = 500
+SAMPLE_VALUES = 1_000_000  # values read from the leading columns of a CSC matrix
 
 
 @dataclass
@@ -92,26 +93,33 @@ class DatasetHeader:
 
 
 def _sample_rows(node, rows: np.ndarray, n_cols: int) -> sp.csr_matrix:
-    """Read `rows` (sorted) of an h5ad matrix node (dense dataset, CSR or CSC group) as CSR."""
+    """Read `rows` (sorted) of an h5ad matrix node (dense dataset or CSR group; `declared` and `structure`
+    vouched for it) as CSR."""
     if isinstance(node, h5py.Dataset):
-        return sp.csr_matrix(node[rows, :] if node.ndim == 2 else node[rows])
-    encoding = node.attrs.get("encoding-type", "csr_matrix")
-    if encoding == "csr_matrix":
-        indptr = node["indptr"]
-        parts_data, parts_idx, lengths = [], [], []
-        for r in rows:
-            lo, hi = int(indptr[r]), int(indptr[r + 1])
-            parts_data.append(node["data"][lo:hi])
-            parts_idx.append(node["indices"][lo:hi])
-            lengths.append(hi - lo)
-        new_indptr = np.concatenate([[0], np.cumsum(lengths)])
-        data = np.concatenate(parts_data) if parts_data else np.array([])
-        idx = np.concatenate(parts_idx) if parts_idx else np.array([], dtype=np.int32)
-        return sp.csr_matrix((data, idx, new_indptr), shape=(len(rows), n_cols))
-    # CSC: columns are contiguous, so read a bounded slice of values only (row identity is irrelevant
-    # for dtype/integer checks) and report its nnz fraction as unknown-ish.
-    data = node["data"][: min(node["data"].shape[0], 1_000_000)]
-    return sp.csr_matrix(data.reshape(1, -1)) if data.size else sp.csr_matrix((1, n_cols))
+        return sp.csr_matrix(node[rows, :])
+    indptr = node["indptr"][()]  # one read, not two per sampled row (`structure` read it whole already)
+    data_ds, indices_ds = node["data"], node["indices"]
+    parts_data, parts_idx, lengths = [], [], []
+    for r in rows:
+        lo, hi = int(indptr[r]), int(indptr[r + 1])
+        parts_data.append(data_ds[lo:hi])
+        parts_idx.append(indices_ds[lo:hi])
+        lengths.append(hi - lo)
+    new_indptr = np.concatenate([[0], np.cumsum(lengths)])
+    data = np.concatenate(parts_data) if parts_data else np.array([])
+    idx = np.concatenate(parts_idx) if parts_idx else np.array([], dtype=np.int32)
+    return sp.csr_matrix((data, idx, new_indptr), shape=(len(rows), n_cols))
+
+
+def _leading_columns(node: h5py.Group, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """The first columns of a CSC group, every row of them, up to `SAMPLE_VALUES` values (at least one
+    column): a row of CSC is spread over the whole file, a column is one slice, so whole columns are the
+    cheap sample, and their values and density are those of all cells."""
+    indptr_c = np.asarray(node["indptr"][:], dtype=np.int64)
+    stop = min(max(1, int(np.searchsorted(indptr_c, SAMPLE_VALUES, side="right")) - 1), n_cols)
+    end = int(indptr_c[stop])
+    x_nc = sp.csc_matrix((node["data"][:end], node["indices"][:end], indptr_c[: stop + 1]), shape=(n_rows, stop))
+    return x_nc.tocsr()
 
 
 def _summarise(location: str, sample, dtype, encoding: str) -> MatrixSample:
@@ -135,7 +143,10 @@ def _sample_indices(n_rows: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _describe_h5(location: str, node, n_rows: int, n_cols: int, rng) -> MatrixSample:
-    sample = _sample_rows(node, _sample_indices(n_rows, rng), n_cols)
+    if sparse_format(node) == "csc":
+        sample = _leading_columns(node, n_rows, n_cols)
+    else:
+        sample = _sample_rows(node, _sample_indices(n_rows, rng), n_cols)
     if isinstance(node, h5py.Dataset):
         return _summarise(location, sample, node.dtype, "array")
     return _summarise(location, sample, node["data"].dtype, str(node.attrs.get("encoding-type")))

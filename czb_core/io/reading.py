@@ -2,8 +2,8 @@
 
 Supports `.h5ad` (also the layout of anndata before 0.7, see `legacy`) and 10x Genomics `.h5` (CellRanger
 v3+ feature-barcode matrices and the v2 layout with one group per genome). Whatever goes wrong (not HDF5,
-truncated, a header that claims more than the server takes, no cells) surfaces as `InputError` naming the
-file and the reason, before any matrix is read.
+truncated, loom, a header that claims more than the server takes, no cells, a sparse matrix whose arrays
+point outside it) surfaces as `InputError` naming the file and the reason, before any matrix is read.
 """
 
 from __future__ import annotations
@@ -19,16 +19,27 @@ import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import InputError
-from czb_core.io.declared import check_expansion, check_size, declared_10x_shape, declared_h5ad_shape
+from czb_core.io.declared import (check_expansion, check_size, declared_10x_shape, declared_h5ad_shape,
+                                  list_arrays)
 from czb_core.io.legacy import is_legacy_h5ad, read_legacy_h5ad
+from czb_core.io.structure import check_10x_matrix, check_h5ad_matrices
 
 SUPPORTED_SUFFIXES = (".h5ad", ".h5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
+def loom_fix(name: str) -> str:
+    """How to turn the loom file `name` into an h5ad (anndata's loom reader needs loompy; scanpy has it)."""
+    stem = Path(name).stem
+    return (f"loom is not supported; convert it to .h5ad with scanpy (scanpy.read_loom('{name}')"
+            f".write_h5ad('{stem}.h5ad')) and add the .h5ad")
+
+
 def check_readable(path: str | Path, name: Optional[str] = None) -> Path:
-    """Fail early and specifically: missing file, wrong suffix, empty, not HDF5, truncated, or a header that
-    claims an impossible or inconsistent shape. Reads metadata only (milliseconds at any file size).
+    """Fail early and specifically: missing file, wrong suffix, empty, not HDF5, truncated, loom, a header
+    that claims an impossible or inconsistent shape, an expression matrix that is not a 2-D numeric matrix,
+    or sparse arrays that point outside the matrix. Reads metadata, then the `indptr` and (block by block)
+    the `indices` of the matrices a model reads counts from (`structure`), never their values.
 
     `name` is what messages call the file (an upload's own name while it lies under a temporary one)."""
     read_declared(path, name)
@@ -51,7 +62,8 @@ def check_dataset_file(path: str | Path, name: Optional[str] = None) -> Path:
 
 def read_declared(path: str | Path, name: Optional[str] = None) -> tuple[Optional[tuple[int, int]], bool]:
     """(cells, genes) as the header declares them (None if it does not say) and whether it has a matrix;
-    every check of `check_readable` on the way."""
+    every check of `check_readable` on the way, the cheap ones first: the arrays' sizes are known to be
+    sane (`check_expansion`) before `structure` reads any of them."""
     path = Path(path)
     name = name or path.name
     if not path.exists():
@@ -73,14 +85,38 @@ def read_declared(path: str | Path, name: Optional[str] = None) -> tuple[Optiona
     except OSError as exc:
         raise InputError(_unopenable(name, exc)) from None
     with f:
+        arrays = list_arrays(f, name)
         matrix = tenx_matrix_group(f, name)
+        if matrix is None:
+            check_anndata_layout(f, name)
         shape = declared_10x_shape(matrix, name) if matrix is not None else declared_h5ad_shape(f, name)
-        check_expansion(f, name)
+        check_expansion(arrays, f.id.get_filesize(), name)
+        if matrix is not None:
+            check_10x_matrix(matrix, name)
+        else:
+            check_h5ad_matrices(f, name)
         return shape, matrix is not None or "X" in f
+
+
+def check_anndata_layout(f: h5py.File, name: str) -> None:
+    """An HDF5 file that is not 10x must be AnnData: have an X, obs or var. A loom file (a `matrix` dataset
+    with `row_attrs` and `col_attrs`) is told how to convert; anything else is told what it holds."""
+    if any(key in f for key in ("X", "obs", "var")):
+        return
+    keys = sorted(f.keys())
+    if isinstance(f.get("matrix"), h5py.Dataset) and {"row_attrs", "col_attrs"} & set(keys):
+        raise InputError(f"{name}: this is a loom file; {loom_fix(name)}")
+    raise InputError(
+        f"{name}: an HDF5 file, but neither AnnData (.h5ad: no X, obs or var) nor a 10x Genomics matrix (.h5: no "
+        f"matrix group with features); it holds {', '.join(keys[:8]) or 'nothing'}: save the data with anndata "
+        "(adata.write_h5ad) and add that file"
+    )
 
 
 def check_suffix(name: str) -> None:
     suffix = Path(name).suffix
+    if suffix.lower() == ".loom":
+        raise InputError(f"{name}: {loom_fix(name)}")
     if suffix.lower() not in SUPPORTED_SUFFIXES:
         raise InputError(
             f"{name}: unsupported file type {suffix or '(none)'!r}; expected .h5ad (AnnData) or .h5 (10x Genomics)"

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import h5py
+import numpy as np
 
+from czb_core.io.reading import tenx_matrix_group
 from czb_core.service.workspace import DatasetRecord
 
 
@@ -24,18 +26,27 @@ class HistoryEntry:
 
 def dataset_shape(path: Path) -> Optional[tuple[int, int]]:
     """(cells, genes) from the file's metadata: an h5ad's X (a dense dataset's shape or a sparse group's
-    `shape` attribute), a 10x .h5's `matrix/shape` (genes x cells). None when the file is gone or unreadable:
-    the list shows the dataset anyway, and opening it gives the reason."""
+    `shape` attribute), a 10x .h5's `shape` (genes x cells, in `matrix` or CellRanger 2's genome group).
+    None when the file is gone, unreadable or says no two whole numbers there (a 1-D X, say): the list shows
+    the dataset anyway, and opening it gives the reason."""
     try:
         with h5py.File(path, "r") as f:
-            if "matrix" in f and "shape" in f["matrix"]:
-                n_genes, n_cells = (int(v) for v in f["matrix"]["shape"][()])
-                return n_cells, n_genes
+            matrix = f["matrix"] if isinstance(f.get("matrix"), h5py.Group) else tenx_matrix_group(f, path.name)
+            if matrix is not None:
+                shape = _two_counts(matrix["shape"][()])
+                return None if shape is None else (shape[1], shape[0])
             x = f["X"]
-            shape = x.shape if isinstance(x, h5py.Dataset) else x.attrs["shape"]
-            return int(shape[0]), int(shape[1])
-    except (OSError, KeyError, ValueError, TypeError):
+            return _two_counts(x.shape if isinstance(x, h5py.Dataset) else x.attrs.get("shape"))
+    except (OSError, KeyError, ValueError, TypeError):  # InputError is a ValueError: two genomes in a v2 file
         return None
+
+
+def _two_counts(value) -> Optional[tuple[int, int]]:
+    """Two non-negative whole numbers, or None for any other value a malformed file may hold."""
+    counts = np.asarray(value) if value is not None else np.zeros(0)
+    if counts.shape != (2,) or counts.dtype.kind not in "iu" or (counts < 0).any():
+        return None
+    return int(counts[0]), int(counts[1])
 
 
 def version_tree(records: Iterable[DatasetRecord]) -> list[HistoryEntry]:

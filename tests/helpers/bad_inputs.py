@@ -1,9 +1,10 @@
-"""Files written with h5py by hand in layouts anndata no longer writes, or that lie about their size."""
+"""Files written with h5py by hand in layouts anndata no longer writes, that lie about their size, or whose
+arrays were edited into nonsense."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import anndata as ad
 import h5py
@@ -92,4 +93,62 @@ def write_gzip_bomb(path: Path, n_cells: int = 100_000, n_genes: int = 20_000) -
                              compression="gzip", compression_opts=9)
         x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         x[:100] = np.zeros((100, n_genes), dtype=np.float32)
+    return path
+
+
+def write_10x_v3(path: Path, x_ng, ids: Sequence[str], names: Sequence[str]) -> Path:
+    """CellRanger 3+'s layout: `matrix` with `features/{id,name,feature_type}`, `barcodes` and the genes x
+    cells CSC matrix (stored as the CSR of cells)."""
+    m_cg = sp.csr_matrix(x_ng)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["data"], g["indices"], g["indptr"] = m_cg.data.astype(np.int32), m_cg.indices, m_cg.indptr
+        g["shape"] = np.array([m_cg.shape[1], m_cg.shape[0]], dtype=np.int32)
+        g["barcodes"] = np.array([f"AAACCTGA-{i}".encode() for i in range(m_cg.shape[0])])
+        features = g.create_group("features")
+        features["id"] = np.array([s.encode() for s in ids])
+        features["name"] = np.array([s.encode() for s in names])
+        features["feature_type"] = np.array([b"Gene Expression"] * len(ids))
+    return path
+
+
+def replace_array(path: Path, key: str, values, attrs: Optional[dict] = None) -> Path:
+    """Put `values` at `key` in place of what is there (a hand edit of the file), with `attrs` for its
+    attributes, by default those it had."""
+    with h5py.File(path, "a") as f:
+        attrs = dict(f[key].attrs) if attrs is None else attrs
+        del f[key]
+        f[key] = values
+        f[key].attrs.update(attrs)
+    return path
+
+
+def edit_array(path: Path, key: str, change) -> Path:
+    """`change(values)` edits the array at `key` (same length and type) in place."""
+    with h5py.File(path, "a") as f:
+        values = f[key][()]
+        change(values)
+        f[key][...] = values
+    return path
+
+
+def write_split_bomb(path: Path, adata: ad.AnnData, n_arrays: int = 20, each_bytes: int = 990_000_000) -> Path:
+    """An ordinary h5ad plus `n_arrays` gzip arrays in uns, each declaring `each_bytes` (just under the
+    one-array bomb floor) from a few stored bytes: chunked and never written, so the file stays small."""
+    adata.write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        for i in range(n_arrays):
+            f["uns"].create_dataset(f"part{i}", shape=(each_bytes // 4,), dtype=np.float32, chunks=(1 << 18,),
+                                    compression="gzip")
+    return path
+
+
+def write_loom(path: Path, x_ng) -> Path:
+    """The loom layout: `matrix` (genes x cells, dense), `row_attrs` per gene, `col_attrs` per cell."""
+    x_gn = np.asarray(sp.csr_matrix(x_ng).T.todense(), dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f["matrix"] = x_gn
+        f.create_group("row_attrs")["Gene"] = np.array([f"G{i}".encode() for i in range(x_gn.shape[0])])
+        f.create_group("col_attrs")["CellID"] = np.array([f"C{i}".encode() for i in range(x_gn.shape[1])])
+        f.create_group("layers")
     return path
