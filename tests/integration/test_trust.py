@@ -355,3 +355,15 @@ def test_a_fix_past_the_disk_quota_is_refused_before_it_is_written(managers, sma
         while manager.fixes.result(fix_id) is None and time.monotonic() < deadline:
             time.sleep(0.05)
     assert [r.id for r in manager.workspace.list()] == [record.id]
+
+
+def test_an_admin_on_another_users_dataset_gets_no_run_button(small_h5ad, monkeypatch, fresh_manager):  # noqa: F811
+    monkeypatch.setenv("CZB_ADMINS", "root")
+    monkeypatch.setenv("CZB_USER", "root")
+    from pages.common import job_manager
+
+    alice = job_manager().workspace.add_file(small_h5ad, owner="alice")
+    at = page("run", dataset=alice.id)
+    assert not at.exception, at.exception
+    assert any("alice's" in i.value for i in at.info)
+    assert next(b for b in at.button if b.label == "Run").disabled
