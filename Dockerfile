@@ -22,6 +22,9 @@ RUN /app/.venv/bin/pip install --no-build-isolation --no-deps -e . && /app/.venv
 
 VOLUME /data
 # The same production start as on a bare server (`make serve`): headless, no tracebacks for users, XSRF on.
+# It needs login configured: mount a secrets.toml with an [auth] section at /app/.streamlit/secrets.toml
+# (README, "Login"); without one `make serve` refuses to start. CZB_SINGLE_USER=1 (no login) is refused here
+# too: it listens on 127.0.0.1 only, and a container's 127.0.0.1 cannot be reached from outside it.
 # Streamlit listens on all interfaces of the container; GET /health (workers, queue) stays on the
 # container's loopback at 8502 (ask it with `docker exec`). It answers from the first page visit on, so the
 # HEALTHCHECK asks Streamlit's own endpoint. tini -g passes `docker stop` on to Streamlit and its workers.

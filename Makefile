@@ -31,9 +31,13 @@ run: venv $(DEMO)
 
 # Production: headless, no file watcher, no usage stats, no tracebacks for users (a request id instead),
 # XSRF on, upload cap from CZB_MAX_UPLOAD_MB, on CZB_HOST:CZB_PORT; GET /health on 127.0.0.1:CZB_HEALTH_PORT.
+# It starts only with login configured ([auth] in .streamlit/secrets.toml), or with CZB_SINGLE_USER=1 (one
+# person, no login), which listens on 127.0.0.1 only; `python -m czb_core.service.identity` decides and
+# prints the address.
 serve: venv
+	address=$$($(BIN)/python -m czb_core.service.identity) && \
 	CZB_HEALTH_PORT=$${CZB_HEALTH_PORT:-8502} $(BIN)/streamlit run app.py \
-		--server.address $${CZB_HOST:-0.0.0.0} --server.port $${CZB_PORT:-8501} \
+		--server.address $$address --server.port $${CZB_PORT:-8501} \
 		--server.headless true --server.fileWatcherType none --browser.gatherUsageStats false \
 		--client.showErrorDetails none --client.toolbarMode minimal \
 		--server.enableXsrfProtection true --server.enableCORS true \

@@ -2,12 +2,15 @@
 
 This script only sets up navigation, the account panel and the error guard; each page lives in `pages/`
 and calls `czb_core`. With login configured (`[auth]` in .streamlit/secrets.toml) a visitor sees only the
-login prompt until logged in. Start with `make run` (the bundled demo) or `make serve` (production).
+login prompt until logged in; without it, `make serve` starts only for one person on this machine
+(`czb_core.service.identity`). A share link shows its run alone. Start with `make run` (the bundled demo) or
+`make serve` (production).
 """
 
 import streamlit as st
 
 from czb_core.service.access import is_admin
+from czb_core.service.identity import serving_problem
 from pages.common import account_sidebar, auth_configured, current_user, is_logged_in, job_manager, login_prompt
 from pages.errors import run_guarded
 
@@ -33,11 +36,15 @@ ADMIN = st.Page("pages/admin.py", title="Admin", url_path="admin")
 
 def show() -> None:
     st.set_page_config(page_title="CZB Studio", page_icon="🧬", layout="wide")
+    if problem := serving_problem(auth_configured(), st.get_option("server.address")):
+        st.navigation(PAGES, position="hidden")  # no page runs, none is listed (nor the `pages/` folder)
+        st.error(problem)  # CZB_SINGLE_USER=1 where other machines reach the app, or beside login
+        return
     job_manager()  # the first visit to any page starts the workers (and the /health endpoint)
-    logged_out = auth_configured() and not is_logged_in()
-    if logged_out and st.query_params.get("share"):  # a share link is its own permission: no login needed
+    if st.query_params.get("share"):  # a share link is its own permission, for one run: no login, no sidebar
         st.navigation([SHARED], position="hidden").run()
         return
+    logged_out = auth_configured() and not is_logged_in()
     pages = [*PAGES, SHARED] + ([ADMIN] if not logged_out and is_admin(current_user()) else [])
     navigation = st.navigation(pages, position="hidden" if logged_out else "sidebar")
     account_sidebar()

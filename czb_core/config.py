@@ -25,6 +25,7 @@ hard-coded to `/weights` or `/app` as cz-benchmarks did.
 | CZB_RAY_ADDRESS | Ray cluster that runs shard their rows on (`auto`, `HOST:PORT`, `ray://HOST:PORT`) | (no Ray) |
 | CZB_HEALTH_PORT | port of `GET /health` (workers, queue, disk) | (no endpoint) |
 | CZB_HEALTH_HOST | address the health endpoint listens on | 127.0.0.1 |
+| CZB_SINGLE_USER | 1 = one person on this machine, no login: `make serve` starts without [auth] and listens on 127.0.0.1 only | 0 |
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def _env_positive(name: str, kind: type, default=None):
     return number
 
 
+def _env_switch(name: str) -> bool:
+    """On for "1", off for "0" or unset; anything else is refused, so a "yes" or "true" is not silently off."""
+    value = os.environ.get(name, "").strip() or "0"
+    if value not in ("0", "1"):
+        raise ConfigError(f"{name} must be 1 or 0, not {value!r}")
+    return value == "1"
+
+
 def _port(name: str) -> Optional[int]:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -87,6 +96,7 @@ class Settings:
     ray_address: Optional[str] = None
     health_port: Optional[int] = None
     health_host: str = "127.0.0.1"
+    single_user: bool = False
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -117,6 +127,7 @@ class Settings:
             ray_address=os.environ.get("CZB_RAY_ADDRESS", "").strip() or None,
             health_port=_port("CZB_HEALTH_PORT"),
             health_host=os.environ.get("CZB_HEALTH_HOST", "").strip() or "127.0.0.1",
+            single_user=_env_switch("CZB_SINGLE_USER"),
         )
 
 

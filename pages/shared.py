@@ -3,7 +3,9 @@
 The token is the whole permission (`czb_core.service.sharing`): the page works without logging in, shows one
 finished run (its UMAP, its latest metrics beside the PCA baseline, its run record) and offers its
 embedding and record for download; nothing here changes anything. A revoked or unknown link, or a run
-deleted since, is "not found".
+deleted since, is "not found". It shows that run and nothing of the server: app.py gives it no sidebar or
+navigation, and the run record, shown or downloaded (also inside the h5ad), is the public one, without
+the owner's e-mail or server paths.
 """
 
 import json
@@ -15,7 +17,7 @@ import streamlit as st
 from czb_core.io.exports import download_name, run_file_stem
 from czb_core.service.jobs import artifacts
 from czb_core.service.jobs.store import DONE
-from czb_core.service.sharing import Shares
+from czb_core.service.sharing import Shares, public_record, public_result
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.tasks.scoreboard import metric_table, run_label
 from czb_core.viz.plots import AUTO, Panel, panel_title, umap_grid
@@ -30,7 +32,7 @@ if job is None:
     st.error("This link is not valid: it was revoked, the run was deleted, or the address is incomplete.")
     st.stop()
 
-record = artifacts.read_record(Path(job.artifact_dir))
+record = public_record(artifacts.read_record(Path(job.artifact_dir)))
 dataset_name = manager.workspace.get(job.dataset_id, job.owner).name
 st.markdown(f"**{run_label(job.model, job.variant, job.spec.params, job.id)}** on **{dataset_name}** · read-only link")
 if artifacts.is_prediction_record(record):
@@ -58,7 +60,7 @@ else:
 stem = run_file_stem(dataset_name, job.model, job.variant, job.id)
 c1, c2 = st.columns(2)
 name, mime = artifacts.FORMATS["h5ad"]
-c1.download_button("Download the result (h5ad)", lambda: (Path(job.artifact_dir) / artifacts.EMBEDDING_H5AD).read_bytes(),
+c1.download_button("Download the result (h5ad)", lambda: public_result(Path(job.artifact_dir)),
                    download_name(stem, name), mime)
 c2.download_button("Download the run record (JSON)", artifacts.record_json(record), f"{stem}.run_record.json",
                    "application/json")

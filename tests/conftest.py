@@ -18,7 +18,7 @@ def czb_home(tmp_path, monkeypatch):
     for var in ("CZB_WEIGHTS_DIR", "CZB_WORKSPACE", "CZB_S3_ENDPOINT_URL", "CZB_DATA_ROOTS", "CZB_USER",
                 "CZB_ADMINS", "CZB_USER_QUOTA_GB", "CZB_MAX_QUEUED_JOBS", "CZB_RETENTION_DAYS", "CZB_CPU_WORKERS",
                 "CZB_MAX_CELLS", "CZB_RAY_ADDRESS", "CZB_HEALTH_PORT", "CZB_HEALTH_HOST",
-                "CZB_WORKER_MEMORY_LIMIT_MB", "CZB_METRICS_MAX_CELLS"):
+                "CZB_WORKER_MEMORY_LIMIT_MB", "CZB_METRICS_MAX_CELLS", "CZB_SINGLE_USER"):
         monkeypatch.delenv(var, raising=False)
     return home
 

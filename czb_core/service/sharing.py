@@ -4,22 +4,40 @@ A link is a random token (256 bits from `secrets`): knowing it is the whole perm
 guessed, and the owner can revoke it at any time. Links live in the `shares` table of the workspace's
 SQLite file; deleting the job removes its links (`JobStore.delete_job`). Only the job's owner (or an
 admin) can make or revoke a link; for anyone else the job or link is "not found", as everywhere else.
+
+Whoever holds a link sees the run, not who ran it or where the server keeps its files: the run record it
+shows and offers (and the one inside the result file) is `public_record`'s, without owners, e-mail
+addresses or server paths.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
+
+import anndata as ad
+import numpy as np
 
 from czb_core.errors import ConfigError
-from czb_core.models.record import utc_now
+from czb_core.models.record import h5_safe, utc_now
 from czb_core.service.access import visible
 from czb_core.service.database import init_db, open_db
-from czb_core.service.jobs.artifacts import is_complete
+from czb_core.service.jobs.artifacts import EMBEDDING_H5AD, is_complete
 from czb_core.service.jobs.store import DONE, Job, JobStore
 
 TOKEN_BYTES = 32
+PRIVATE_KEYS = frozenset({"owner"})  # who ran the job (`job.owner` in a run record)
+# An absolute or home-relative path (not the path part of a URI such as s3://bucket/key), or a file:// URI;
+# a closing bracket or quote after it is not part of it.
+SERVER_PATH = re.compile(r"file://[^\s'\"<>)\]}]+|(?<![\w.:/~-])~?/[^\s'\"<>)\]}]+")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+PLACEHOLDERS = ((SERVER_PATH, "<server path>"), (EMAIL, "<e-mail>"))
+_DROP = object()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shares (
@@ -90,3 +108,40 @@ class Shares:
         if job is None or not visible(job.owner, scope):
             raise KeyError(f"job {job_id} not found")
         return job
+
+
+def public_record(record: Mapping[str, Any]) -> dict:
+    """The run record as a share link shows it: what was run and how (model, parameters, weights, versions,
+    timings), without who ran it or where the server keeps files. `owner` entries are left out, and so is
+    every text that is a server path or an e-mail address; one inside other text (a note, a validation
+    message) is replaced by `<server path>` or `<e-mail>`. Works on a record read from `record.json` and on
+    one read back from an h5ad's `uns` (numpy strings and arrays)."""
+    return _public(record)
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        kept = {key: _public(item) for key, item in value.items() if str(key) not in PRIVATE_KEYS}
+        return {key: item for key, item in kept.items() if item is not _DROP}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [item for item in map(_public, value) if item is not _DROP]
+    if isinstance(value, str):
+        if any(pattern.fullmatch(value.strip()) for pattern, _ in PLACEHOLDERS):
+            return _DROP
+        for pattern, placeholder in PLACEHOLDERS:
+            value = pattern.sub(placeholder, value)
+        return str(value)
+    return value
+
+
+def public_result(artifact_dir: Path) -> bytes:
+    """The run's `embedding.h5ad` as a share link offers it: the same cells, embedding and obs, with the
+    public run record in `uns["czb_run"]` (the stored one names the owner and the dataset's server path)."""
+    adata = ad.read_h5ad(Path(artifact_dir) / EMBEDDING_H5AD)
+    adata.uns["czb_run"] = h5_safe(public_record(adata.uns.get("czb_run") or {}))
+    with tempfile.TemporaryDirectory(prefix="czb-share-") as folder:
+        path = Path(folder) / EMBEDDING_H5AD
+        adata.write_h5ad(path)
+        return path.read_bytes()
