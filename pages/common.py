@@ -16,6 +16,8 @@ from czb_core.errors import CzbError
 from czb_core.io.header import DatasetHeader, read_header
 from czb_core.service.access import owner_scope
 from czb_core.service.health import serve_health
+from czb_core.service.identity import (NO_LOGIN_NOTE, SINGLE_USER_NOTE, login_configured, login_owner,
+                                       login_refusal)
 from czb_core.service.jobs import JobManager
 from czb_core.service.retention import expires_at
 from czb_core.models.compatibility import compatibility_matrix
@@ -41,15 +43,16 @@ def workspace() -> Workspace:
 def current_user() -> str:
     """The login's e-mail (lower case) when login is configured, else the configured user (default "local").
 
-    With login configured, a visitor who is not logged in has no identity: the page stops at the login
-    prompt instead of falling back to the shared local user, whose items they must not see.
+    With login configured, a visitor who is not logged in (or whose e-mail the provider has not verified)
+    has no identity: the page stops at the login prompt instead of falling back to the shared local user,
+    whose items they must not see.
     """
     if not auth_configured():
         return get_settings().user
     if not is_logged_in():
         login_prompt()
         st.stop()
-    return str(st.user.get("email") or st.user.get("sub")).strip().lower()
+    return login_owner(st.user)
 
 
 def scope() -> Optional[str]:
@@ -132,31 +135,35 @@ def all_reports(path: str, sha256: str, organism_latin: Optional[str]) -> dict[s
 
 def auth_configured() -> bool:
     """True when secrets.toml has an [auth] section, i.e. every user must log in."""
-    try:
-        return "auth" in st.secrets
-    except FileNotFoundError:  # no secrets.toml at all
-        return False
+    return login_configured()
 
 
 def is_logged_in() -> bool:
-    return bool(st.user.get("is_logged_in", False))
+    """Logged in, as a user the app accepts (`czb_core.service.identity.login_refusal`)."""
+    return bool(st.user.get("is_logged_in", False)) and login_refusal(st.user) is None
 
 
 def login_prompt() -> None:
-    """All a visitor sees before logging in: datasets and jobs belong to their owners."""
+    """All a visitor sees before logging in: datasets and jobs belong to their owners. A login the app
+    refuses (an unverified e-mail) is told why; the sidebar offers "Log out" to try another account."""
     st.title("CZB Studio")
+    if st.user.get("is_logged_in", False) and (refusal := login_refusal(st.user)):
+        st.error(refusal)
+        return
     st.info("Log in to see your datasets and jobs.")
     if st.button("Log in", key="login_main", type="primary"):
         st.login()
 
 
 def account_sidebar() -> None:
-    """Who is using the app: the logged-in e-mail with "Log out", a "Log in" button, or the single local user."""
+    """Who is using the app: the logged-in e-mail with "Log out", a "Log in" button, or, without login, a
+    single user (`CZB_SINGLE_USER=1`: this machine only; else everyone who can open the address)."""
     with st.sidebar:
         if not auth_configured():
-            st.caption("Single local user (no login configured)")
-        elif is_logged_in():
-            st.caption(f"Logged in as **{current_user()}**")
+            st.caption(SINGLE_USER_NOTE if get_settings().single_user else NO_LOGIN_NOTE)
+        elif st.user.get("is_logged_in", False):  # a login refused here (unverified e-mail) may only log out
+            if is_logged_in():
+                st.caption(f"Logged in as **{current_user()}**")
             if st.button("Log out", key="logout"):
                 st.logout()
         elif st.button("Log in", key="login_sidebar"):
