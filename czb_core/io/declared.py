@@ -74,6 +74,12 @@ def _text(value) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _shown(value) -> str:
+    """An attribute's value as a message quotes it: a string in quotes, anything else as plain numbers."""
+    text = _text(value)
+    return repr(text) if text is not None else str(np.asarray(value).tolist())
+
+
 def length(node) -> Optional[int]:
     """Entries of a 1-D dataset; None for anything else (a group, a scalar, a table)."""
     return int(node.shape[0]) if isinstance(node, h5py.Dataset) and node.ndim == 1 else None
@@ -173,14 +179,14 @@ def count_matrix_shape(node, location: str, name: str) -> tuple[int, int]:
                              f"values (counts) in {location} and save the file again")
         encoding = node.attrs.get("encoding-type")
         if encoding is not None and _text(encoding) != "array":
-            raise InputError(f"{name}: {location} is a dense array marked as {encoding!r} (its encoding-type), so "
+            raise InputError(f"{name}: {location} is a dense array marked as {_shown(encoding)} (its encoding-type), so "
                              "anndata would read it as something else; the file is corrupt or was edited by hand: "
                              "write it again with anndata")
     shape = matrix_shape(node, location, name)
     if shape is None:
-        encoding = _text(node.attrs.get("encoding-type")) or "no encoding"
+        encoding = node.attrs.get("encoding-type")
         raise InputError(
-            f"{name}: {location} is stored as {encoding!r}, neither a dense array nor a CSR/CSC sparse matrix; the "
+            f"{name}: {location} is stored as {'no encoding' if encoding is None else _shown(encoding)}, neither a dense array nor a CSR/CSC sparse matrix; the "
             "file is malformed or was written by a tool anndata does not know: write it again with anndata"
         )
     check_ceilings(*shape, name)
@@ -268,8 +274,8 @@ def _size(n_bytes: float) -> str:
 
 
 def declared_h5ad_shape(f: h5py.File, name: str) -> Optional[tuple[int, int]]:
-    """(cells, genes) of an h5ad from its obs and var indexes, with X, every layer, obsm and raw/X checked
-    against them; None when the file does not say (no obs or var). X, `layers/counts` and raw/X must be
+    """(cells, genes) of an h5ad from its obs and var indexes, with X, every layer, obsm, obsp, varm, varp
+    and raw/X checked against them; None when the file does not say (no obs or var). X, `layers/counts` and raw/X must be
     matrices whose rows can be read as cells (`count_matrix_shape`) whether obs and var say or not."""
     n_obs = _frame_length(f["obs"]) if "obs" in f else None
     n_vars = _frame_length(f["var"]) if "var" in f else None
@@ -279,24 +285,25 @@ def declared_h5ad_shape(f: h5py.File, name: str) -> Optional[tuple[int, int]]:
               for location in COUNT_LOCATIONS if present(f, location)}
     if n_obs is None or n_vars is None:
         return None
-    expected = {"X": (n_obs, n_vars)}
-    for group, want in (("layers", (n_obs, n_vars)), ("obsm", (n_obs, None))):
-        if group in f and isinstance(f[group], h5py.Group):
+    cells, genes = f"obs has {n_obs:,} cells", f"var has {n_vars:,} genes"
+    both = f"{cells} and var {n_vars:,} genes"
+    expected = {"X": (n_obs, n_vars, both)} if "X" in f else {}
+    per_group = {"layers": (n_obs, n_vars, both), "obsm": (n_obs, None, cells), "obsp": (n_obs, n_obs, cells),
+                 "varm": (n_vars, None, genes), "varp": (n_vars, n_vars, genes)}
+    for group, want in per_group.items():
+        if isinstance(f.get(group), h5py.Group):
             expected.update({f"{group}/{k}": want for k in f[group]})
     if present(f, "raw/X"):
-        expected["raw/X"] = (n_obs, _frame_length(f["raw/var"]) if present(f, "raw/var") else None)
-    for location, (rows, cols) in expected.items():
-        if location not in f:
-            continue
+        n_raw = _frame_length(f["raw/var"]) if present(f, "raw/var") else None
+        expected["raw/X"] = (n_obs, n_raw, cells if n_raw is None else f"{cells} and raw/var {n_raw:,} genes")
+    for location, (rows, cols, basis) in expected.items():
         shape = shapes[location] if location in shapes else matrix_shape(f[location], location, name)
         if shape is None:
             continue
         if shape[0] != rows or (cols is not None and shape[1] != cols):
             raise InputError(
-                f"{name}: {location} declares {shape[0]:,} x {shape[1]:,} but obs has {n_obs:,} cells"
-                + ("" if cols is None else f" and {'raw/var' if location == 'raw/X' else 'var'} {cols:,} genes")
-                + "; the parts of the file disagree, so it is corrupt or was edited by hand: write it again with "
-                "anndata"
+                f"{name}: {location} declares {shape[0]:,} x {shape[1]:,} but {basis}; the parts of the file "
+                "disagree, so it is corrupt or was edited by hand: write it again with anndata"
             )
     return n_obs, n_vars
 

@@ -108,8 +108,9 @@ def templates(tmp_path_factory) -> dict[str, Template]:
 
     csr = adata.copy()
     csr.layers["counts"] = adata.X.copy()
+    csr.obsp["connectivities"] = sp.random(N_CELLS, N_CELLS, density=0.1, format="csr", random_state=0)
     csr.write_h5ad(root / "csr.h5ad")
-    out["csr"] = Template(root / "csr.h5ad", ("X", "layers/counts"))
+    out["csr"] = Template(root / "csr.h5ad", ("X", "layers/counts", "obsp/connectivities"))
     csc = adata.copy()
     csc.X = adata.X.tocsc()
     csc.write_h5ad(root / "csc.h5ad")
@@ -340,8 +341,9 @@ def outcome(path: Path, case: int) -> str:
     adata = read_anndata(path)
     assert adata.shape == (header.n_obs, header.n_vars) == dataset_shape(path)
     x = adata.X
-    if sp.issparse(x):
-        x.check_format(full_check=True)  # what scipy would trip over: pointers and indices inside the matrix
+    for matrix in (x, *adata.layers.values(), *adata.obsp.values(), *([adata.raw.X] if adata.raw else [])):
+        if sp.issparse(matrix):
+            matrix.check_format(full_check=True)  # what scipy would trip over: pointers and indices inside
     location = "X" if header.counts_location is None else header.counts_location
     qc = per_cell_qc(path, location)
     assert len(qc) == adata.n_obs and np.isfinite(qc["total_counts"]).all() == np.isfinite(x.sum())

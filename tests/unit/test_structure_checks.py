@@ -142,6 +142,30 @@ def test_counts_layer_and_raw_are_checked_like_x(small_adata, write_h5ad):
         check_dataset_file(path)
 
 
+def test_every_sparse_matrix_is_checked_not_only_the_counts(small_adata, write_h5ad, monkeypatch):
+    """A full read builds obsp and uns matrices too, and a fix slicing cells indexes them."""
+    with_graph = small_adata.copy()
+    with_graph.obsp["connectivities"] = sp.random(400, 400, density=0.01, format="csr", random_state=0)
+    path = edit_array(write_h5ad(with_graph), "obsp/connectivities/indices", _set(2, 400))
+    with pytest.raises(InputError, match=r"obsp/connectivities/indices holds column 400 at position 2, outside the "
+                                         r"400 columns"):
+        check_dataset_file(path)
+    with h5py.File(path, "a") as f:
+        f["obsp/connectivities"].attrs["shape"] = np.array([400, 500])
+    with pytest.raises(InputError, match=r"obsp/connectivities declares 400 x 500 but obs has 400 cells; the parts"):
+        check_dataset_file(path)
+    path = write_h5ad(small_adata)
+    with h5py.File(path, "a") as f:  # 3 million rows: an indptr of 24 MB, under every size check
+        huge = f["uns"].create_group("huge")
+        huge.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (3_000_000, 3)})
+        huge.create_dataset("indptr", shape=(3_000_001,), dtype=np.int64, chunks=(1 << 20,), compression="gzip")
+        huge["indices"], huge["data"] = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+    monkeypatch.setenv("CZB_MAX_CELLS", "1000")
+    with pytest.raises(InputError, match=r"uns/huge declares 3,000,000 x 3, more rows than any matrix of a dataset "
+                                         r"this server takes \(2,000,000\)"):
+        check_dataset_file(path)
+
+
 @pytest.mark.parametrize("values, message", [
     (np.array([["a"] * 300] * 400, dtype=object), r"X holds text, not numbers"),
     (np.zeros((400, 300), dtype=np.complex64), r"X holds complex64 values, not numbers"),
