@@ -28,7 +28,7 @@ from benchmarks._common import generated_h5ad  # noqa: E402
 
 def run_job(manager, path: Path):
     record = manager.workspace.add_file(path)
-    job = manager.submit(record.sha256, "pca")
+    job = manager.submit(record.id, "pca")
     while not (job := manager.get(job.id)).is_finished:
         time.sleep(0.5)
     if job.status != "done":
@@ -49,7 +49,7 @@ def report_steps(job) -> None:
           f"{record['peak_rss_mb']:,.0f} MB)")
 
 
-def measure_results_page(home: Path, dataset_sha: str) -> None:
+def measure_results_page(home: Path, dataset_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     from tests.helpers.browser import CHROMIUM_ARGS, free_port, wait_healthy
@@ -70,7 +70,7 @@ def measure_results_page(home: Path, dataset_sha: str) -> None:
             for label in ("first load", "reload"):
                 received.clear()
                 t0 = time.perf_counter()
-                page.goto(f"{url}/results?dataset={dataset_sha}")
+                page.goto(f"{url}/results?dataset={dataset_id}")
                 page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer, '
                              '[data-testid="stPlotlyChart"] .js-plotly-plot canvas').first.wait_for()
                 drawn = time.perf_counter() - t0
@@ -101,7 +101,7 @@ def main() -> None:
         view_record, view_job = run_job(manager, view_path)
         report_steps(view_job)
         manager.shutdown()
-        measure_results_page(Path(tmp), view_record.sha256)
+        measure_results_page(Path(tmp), view_record.id)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from czb_core.service.jobs.artifacts import read_record
 manager = JobManager()
 record = manager.workspace.add_file(write_demo({demo!r}))
 submitted = time.perf_counter()
-job = manager.submit(record.sha256, "pca", score={score})
+job = manager.submit(record.id, "pca", score={score})
 while not (job := manager.get(job.id)).is_finished or (
         {score} and any(s.status in ("queued", "running") for s in manager.scores(job.id))):
     time.sleep(0.2)

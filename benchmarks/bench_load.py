@@ -37,28 +37,28 @@ SERVE_FLAGS = ["--server.headless", "true", "--server.fileWatcherType", "none", 
 
 
 def finished_run(path: Path) -> str:
-    """The dataset hash of a done PCA run on `path`, made in this process's workspace."""
+    """The dataset record id of a done PCA run on `path`, made in this process's workspace."""
     from czb_core.service.jobs import JobManager
 
     manager = JobManager()
     try:
-        sha = manager.workspace.add_file(path).sha256
-        job = manager.submit(sha, "pca", score=False)
+        dataset_id = manager.workspace.add_file(path).id
+        job = manager.submit(dataset_id, "pca", score=False)
         while not (job := manager.get(job.id)).is_finished:
             time.sleep(1)
         if job.status != "done":
             raise RuntimeError(f"the PCA run failed: {job.error}")
-        return sha
+        return dataset_id
     finally:
         manager.shutdown()
 
 
-def queue_cpu_job(sha: str):
+def queue_cpu_job(dataset_id: str):
     """A second PCA run (other parameters: no cache hit) for the server's CPU worker; returns it once running."""
     from czb_core.service.jobs import JobManager
 
     submitter = JobManager(start_workers=False)  # only writes the job; the server's worker claims it
-    job = submitter.submit(sha, "pca", params={"n_comps": 30, "n_top_genes": 1500}, score=False)
+    job = submitter.submit(dataset_id, "pca", params={"n_comps": 30, "n_top_genes": 1500}, score=False)
     deadline = time.monotonic() + 300
     while (job := submitter.get(job.id)).status == "queued":
         if time.monotonic() > deadline:
@@ -114,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="czb_bench_load_") as tmp:
         os.environ["CZB_HOME"] = tmp
         t0 = time.perf_counter()
-        sha = finished_run(path)
+        dataset_id = finished_run(path)
         print(f"finished PCA run on {args.cells:,} cells in {time.perf_counter() - t0:.0f} s")
         port = free_port()
         with open(Path(tmp) / "streamlit.log", "w") as log:
@@ -122,13 +122,13 @@ def main() -> None:
                 [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
                  "--server.port", str(port), *SERVE_FLAGS],
                 cwd=ROOT, env={**os.environ, "CZB_HOME": tmp}, stdout=log, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{port}/results?dataset={sha}"
+            url = f"http://127.0.0.1:{port}/results?dataset={dataset_id}"
             try:
                 wait_healthy(f"http://127.0.0.1:{port}", server)
                 ((first, problem),) = asyncio.run(load(url, 1, args.timeout))
                 print(f"first load of the Results page (server start-up): "
                       f"{f'{first:.1f} s' if problem is None else problem}")
-                submitter, job = queue_cpu_job(sha)
+                submitter, job = queue_cpu_job(dataset_id)
                 print(f"CPU job {job.id} running on the server's worker")
                 results = asyncio.run(load(url, args.sessions, args.timeout))
                 still = submitter.get(job.id).status

@@ -52,16 +52,16 @@ def start_server(home: Path, gc: str) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
-def timed_job(manager, sha256: str, seed: int, browser, url: str, n_pages: int, server: psutil.Process) -> tuple:
+def timed_job(manager, dataset_id: str, seed: int, browser, url: str, n_pages: int, server: psutil.Process) -> tuple:
     """(wall seconds from submit to done, server CPU seconds meanwhile); each seed is a new run, not a cache hit."""
     cpu_before = sum(server.cpu_times()[:2])
     t0 = time.perf_counter()
-    job = manager.submit(sha256, "pca", params={"seed": seed}, owner="bench", score=False)
+    job = manager.submit(dataset_id, "pca", params={"seed": seed}, owner="bench", score=False)
     contexts = []
     for _ in range(n_pages):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(300_000)
-        context.new_page().goto(f"{url}/run?dataset={sha256}&job={job.id}", wait_until="commit")
+        context.new_page().goto(f"{url}/run?dataset={dataset_id}&job={job.id}", wait_until="commit")
         contexts.append(context)
     while not (job := manager.get(job.id)).is_finished:
         time.sleep(0.5)
@@ -105,16 +105,16 @@ def main() -> None:
             from czb_core.service.jobs import JobManager
 
             manager = JobManager(start_workers=False)  # submits only; the server's worker runs the jobs
-            sha = manager.workspace.add_file(data, owner="bench").sha256
+            dataset_id = manager.workspace.add_file(data, owner="bench").id
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 first = browser.new_page()
-                first.goto(f"{url}/run?dataset={sha}")  # the server's job manager starts with its first page
+                first.goto(f"{url}/run?dataset={dataset_id}")  # the server's job manager starts with its first page
                 first.wait_for_selector(IDLE, timeout=300_000)
                 first.close()
                 proc = psutil.Process(server.pid)
-                timed_job(manager, sha, 0, browser, url, 0, proc)  # same size: compiles what the runs use
-                results = {n: timed_job(manager, sha, 1 + i, browser, url, n, proc)
+                timed_job(manager, dataset_id, 0, browser, url, 0, proc)  # same size: compiles what the runs use
+                results = {n: timed_job(manager, dataset_id, 1 + i, browser, url, n, proc)
                            for i, n in enumerate((0, args.pages))}
                 browser.close()
         finally:

@@ -31,18 +31,18 @@ def test_server_path_outside_the_allowed_roots_is_refused(tmp_path, small_h5ad, 
 
 def test_validate_page_shows_the_matrix_and_blocks(small_adata, write_h5ad):
     ok = Workspace().add_file(write_h5ad(small_adata))
-    at = page("validate", dataset=ok.sha256)
+    at = page("validate", dataset=ok.id)
     assert not at.exception
     assert any(e.label == "PCA baseline: 3 of 3 variants can run" for e in at.expander)
     bad = Workspace().add_file(write_h5ad(log_normalised(small_adata)))
-    at = page("validate", dataset=bad.sha256)
+    at = page("validate", dataset=bad.id)
     assert any(e.label == "PCA baseline: 0 of 3 variants can run" for e in at.expander)
     assert any("raw integer counts" in e.value and "PCA baseline (all 3 variants)" in e.value for e in at.error)
 
 
 def test_run_button_is_disabled_while_a_check_blocks(small_adata, write_h5ad):
     bad = Workspace().add_file(write_h5ad(log_normalised(small_adata)))
-    at = page("run", dataset=bad.sha256)
+    at = page("run", dataset=bad.id)
     run_button = next(b for b in at.button if b.label == "Run")
     assert run_button.disabled
     assert any("raw integer counts" in e.value for e in at.error)
@@ -52,7 +52,7 @@ def test_run_page_parameters_change_what_the_model_needs(small_h5ad):
     """scVI's batch key starts at the detected batch column; without one, the Census variants need the
     Census batch columns, unless the user picks a constant batch."""
     record = Workspace().add_file(small_h5ad)
-    at = page("run", dataset=record.sha256)
+    at = page("run", dataset=record.id)
     model_box = next(s for s in at.selectbox if s.label == "Model")
     model_box.set_value("scvi").run()
     next(s for s in at.selectbox if s.label == "Variant").set_value("homo_sapiens").run()
@@ -70,7 +70,7 @@ def test_run_page_parameters_change_what_the_model_needs(small_h5ad):
 
 def test_results_page_without_runs_says_so(small_h5ad):
     record = Workspace().add_file(small_h5ad)
-    at = page("results", dataset=record.sha256)
+    at = page("results", dataset=record.id)
     assert any("No finished run" in i.value for i in at.info)
 
 
@@ -82,7 +82,7 @@ def test_pages_without_a_dataset_point_to_the_dataset_page():
 
 def test_run_page_offers_geneformer_perturbation_inputs(small_h5ad):
     record = Workspace().add_file(small_h5ad)
-    at = page("run", dataset=record.sha256)
+    at = page("run", dataset=record.id)
     next(s for s in at.selectbox if s.label == "Model").set_value("geneformer").run()
     assert not at.exception and not at.error
     helps = " ".join(t.help for t in at.text_input)
@@ -97,10 +97,10 @@ def test_only_an_admin_can_force_a_streamed_run_from_the_run_page(small_h5ad, mo
 
     monkeypatch.setenv("CZB_USER", "ann@lab.org")
     record = Workspace().add_file(small_h5ad, owner="ann@lab.org")
-    at = page("run", dataset=record.sha256)
+    at = page("run", dataset=record.id)
     assert not [c for c in at.checkbox if c.label.startswith("Stream the matrix")]
     monkeypatch.setenv("CZB_ADMINS", "ann@lab.org")
-    at = page("run", dataset=record.sha256)
+    at = page("run", dataset=record.id)
     next(c for c in at.checkbox if c.label.startswith("Stream the matrix")).check().run()
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception

@@ -20,7 +20,7 @@ from czb_core.service.jobs import execution as execution_module
 from czb_core.service.jobs.artifacts import is_complete, read_embedding, read_record, read_umap
 from czb_core.service.jobs.execution import JobRunner
 from czb_core.service.workspace import Workspace
-from tests.integration.test_jobs import FakeRun, wait_for, wait_for_scores
+from tests.integration.test_jobs import FakeRun, wait_for, wait_for_scores, wait_gone
 
 
 @pytest.fixture
@@ -76,9 +76,9 @@ def wait_until(condition, timeout=20.0):
 def test_the_device_queue_goes_on_while_a_umap_runs(start, dataset, umap_gate):
     gate, inside = umap_gate
     manager = start()
-    first = manager.submit(dataset.sha256, "pca", params={"n_comps": 1})
+    first = manager.submit(dataset.id, "pca", params={"n_comps": 1})
     wait_until(lambda: manager.get(first.id).cpu_stage == "running")
-    second = manager.submit(dataset.sha256, "pca", params={"n_comps": 2})
+    second = manager.submit(dataset.id, "pca", params={"n_comps": 2})
     wait_until(lambda: manager.get(second.id).cpu_stage == "queued")  # embedded while the first UMAP runs
     assert manager.get(first.id).status == "running" and manager.get(first.id).step == "umap"
     assert manager.store.device_loads(["cpu"]) == {"cpu": 0}  # the device is free for the next job
@@ -93,7 +93,7 @@ def test_the_pool_runs_as_many_umaps_at_once_as_it_has_workers(start, dataset, u
     monkeypatch.setenv("CZB_CPU_WORKERS", "2")
     gate, inside = umap_gate
     manager = start()
-    jobs = [manager.submit(dataset.sha256, "pca", params={"n_comps": n}) for n in (1, 2, 3)]
+    jobs = [manager.submit(dataset.id, "pca", params={"n_comps": n}) for n in (1, 2, 3)]
     wait_until(lambda: len(inside) == 2)
     time.sleep(0.3)
     assert len(inside) == 2  # the third waits for a pool worker
@@ -105,14 +105,14 @@ def test_the_pool_runs_as_many_umaps_at_once_as_it_has_workers(start, dataset, u
 def test_a_cancel_while_waiting_for_the_umap_removes_the_files(start, dataset, umap_gate):
     gate, _ = umap_gate
     manager = start()
-    first = manager.submit(dataset.sha256, "pca", params={"n_comps": 1})
+    first = manager.submit(dataset.id, "pca", params={"n_comps": 1})
     wait_until(lambda: manager.get(first.id).cpu_stage == "running")
-    waiting = manager.submit(dataset.sha256, "pca", params={"n_comps": 2})
+    waiting = manager.submit(dataset.id, "pca", params={"n_comps": 2})
     wait_until(lambda: manager.get(waiting.id).cpu_stage == "queued")
     assert manager.cancel(waiting.id).cancel_requested
     gate.set()
     cancelled = wait_for(manager, waiting.id, {"cancelled"})
-    assert not (manager.workspace.root / "jobs" / cancelled.id).exists()
+    assert wait_gone(manager.workspace.root / "jobs" / cancelled.id)
     assert wait_for(manager, first.id, {"done"}).status == "done"
 
 
@@ -120,7 +120,7 @@ def test_a_restart_runs_again_the_umap_of_an_embedded_job(start, workspace, data
     monkeypatch.setattr(execution_module, "compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     store = JobStore(workspace.db_path)
     first = start(start_workers=False)
-    job = first.submit(dataset.sha256, "pca", params={"n_comps": 3}, score=False)
+    job = first.submit(dataset.id, "pca", params={"n_comps": 3}, score=False)
     JobRunner(workspace, store, FakeRun()).run(store.claim_next("cpu", 1))  # the server died after this
     assert store.get(job.id).cpu_stage == "queued" and store.get(job.id).status == "running"
     second = start()
@@ -142,10 +142,10 @@ def test_a_umap_error_fails_the_job_alone(start, dataset, monkeypatch):
         return result
 
     manager = start(run_fn=seeded)
-    bad = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"seed": 7}).id, {"done", "failed"})
+    bad = wait_for(manager, manager.submit(dataset.id, "pca", params={"seed": 7}).id, {"done", "failed"})
     assert bad.status == "failed" and bad.error == "ValueError: umap: disconnected graph"
-    assert not (manager.workspace.root / "jobs" / bad.id).exists()
-    assert wait_for(manager, manager.submit(dataset.sha256, "pca", params={"seed": 8}).id, {"done", "failed"}).status == "done"
+    assert wait_gone(manager.workspace.root / "jobs" / bad.id)
+    assert wait_for(manager, manager.submit(dataset.id, "pca", params={"seed": 8}).id, {"done", "failed"}).status == "done"
 
 
 # -- real processes ---------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def test_umap_and_metrics_run_in_the_pool_process_with_identical_results(workspa
 
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10}).id,
+        job = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 10}).id,
                        {"done", "failed"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id, timeout=300)
         pool_pid = manager.supervisor.workers["cpu-pool-0"].pid
@@ -181,13 +181,13 @@ def test_a_pool_process_that_dies_fails_its_umap_with_the_cause_and_is_replaced(
     try:
         pool = manager.supervisor.workers["cpu-pool-0"]
         first_pid = pool.pid
-        job = manager.submit(dataset.sha256, "pca", params={"n_comps": 5})
+        job = manager.submit(dataset.id, "pca", params={"n_comps": 5})
         wait_until(lambda: manager.get(job.id).cpu_stage == "running", timeout=300)
         os.kill(first_pid, signal.SIGKILL)
         failed = wait_for(manager, job.id, {"failed", "done"}, timeout=60)
         assert failed.status == "failed", "the UMAP finished before the kill"
         assert failed.error.startswith("UMAP failed: the worker process was killed (SIGKILL)")
-        assert not (workspace.root / "jobs" / job.id).exists()
+        assert wait_gone(workspace.root / "jobs" / job.id)
         wait_until(lambda: pool.alive() and pool.pid != first_pid, timeout=30)
         assert pool.restarts == 1 and manager.supervisor.workers["cpu"].restarts == 0
         again = wait_for(manager, manager.retry(job.id).id, {"done", "failed"}, timeout=300)

@@ -25,8 +25,8 @@ def test_a_new_session_lists_the_users_datasets_and_reopens_one(small_adata, wri
     assert "**first.h5ad**" in text and f"{small_adata.n_obs:,} cells × {small_adata.n_vars:,} genes" in text
     assert "**↳ first · symbols mapped.h5ad**" in text and "100 cells" in text  # the version beneath it
     assert "theirs" not in text  # another user's dataset
-    at.button(key=f"open_{version.sha256}").click().run()
-    assert at.query_params["dataset"] == version.sha256
+    at.button(key=f"open_{version.id}").click().run()
+    assert at.query_params["dataset"] == version.id
     assert {m.label: m.value for m in at.metric}["Cells"] == "100"
 
 
@@ -34,13 +34,13 @@ def test_delete_asks_once_then_removes_the_dataset(small_adata, write_h5ad):
     ws = Workspace()
     kept = ws.add_file(write_h5ad(small_adata, "kept.h5ad"), owner="local")
     gone = ws.add_file(write_h5ad(small_adata[:80].copy(), "gone.h5ad"), owner="local")
-    at = page("dataset", dataset=gone.sha256)
-    at.button(key=f"delete_{gone.sha256}").click().run()
+    at = page("dataset", dataset=gone.id)
+    at.button(key=f"delete_{gone.id}").click().run()
     assert any("Delete **gone.h5ad**" in w.value for w in at.warning)
     assert {r.sha256 for r in ws.list("local")} == {kept.sha256, gone.sha256}  # nothing removed yet
-    at.button(key=f"delete_yes_{gone.sha256}").click().run()
+    at.button(key=f"delete_yes_{gone.id}").click().run()
     assert not at.exception
     assert [r.sha256 for r in ws.list("local")] == [kept.sha256]
     assert "gone.h5ad" not in listed(at) and "dataset" not in at.query_params  # the open one was closed
     with pytest.raises(KeyError):
-        ws.get(gone.sha256, "local")
+        ws.get(gone.id, "local")

@@ -46,9 +46,9 @@ def test_health_reports_the_running_job_and_the_queue(blocking_manager, small_h5
         assert report["workers"]["cpu"]["alive"] and report["workers"]["cpu"]["job"] is None
         assert report["uptime_s"] > 0
 
-        sha = manager.workspace.add_file(small_h5ad).sha256
-        first = wait_for(manager, manager.submit(sha, "pca", score=False).id, {"running"})
-        queued = [manager.submit(sha, "pca", params={"n_comps": n}, score=False) for n in (5, 6)]
+        dataset_id = manager.workspace.add_file(small_h5ad).id
+        first = wait_for(manager, manager.submit(dataset_id, "pca", score=False).id, {"running"})
+        queued = [manager.submit(dataset_id, "pca", params={"n_comps": n}, score=False) for n in (5, 6)]
         status, report = fetch(server.url)
         assert report["workers"]["cpu"]["job"] == first.id
         assert report["queue"] == {"cpu": 2}

@@ -60,6 +60,16 @@ def wait_for(manager, job_id, statuses, timeout=20.0):
     raise AssertionError(f"job {job_id} stayed {manager.get(job_id).status}, expected {statuses}")
 
 
+def wait_gone(path, timeout=10.0) -> bool:
+    """Whether `path` is gone within `timeout`: a job's partial files are removed just after its end status is
+    written (only the process whose compare-and-set ended the job removes them), so a reader may see the
+    status a moment before the files go."""
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not path.exists()
+
+
 def wait_for_scores(manager, job_id, timeout=300.0):
     """The job's scoring runs once none is queued or running."""
     deadline = time.monotonic() + timeout
@@ -130,9 +140,9 @@ def test_queue_is_fifo_per_device_with_positions(start, dataset):
     behaviour, started, release = blocking_first_job()
     run = FakeRun(behaviour)
     manager = start(run)
-    first = manager.submit(dataset.sha256, "pca", params={"n_comps": 1})
+    first = manager.submit(dataset.id, "pca", params={"n_comps": 1})
     assert started.wait(10)
-    queued = [manager.submit(dataset.sha256, "pca", params={"n_comps": n}) for n in (2, 3, 4)]
+    queued = [manager.submit(dataset.id, "pca", params={"n_comps": n}) for n in (2, 3, 4)]
     assert manager.get(first.id).status == "running" and manager.queue_position(first.id) is None
     assert [manager.queue_position(j.id) for j in queued] == [1, 2, 3]
     assert all(j.device == "cpu" and j.status == "queued" for j in queued)
@@ -146,9 +156,9 @@ def test_cancel_queued_job_never_runs(start, dataset):
     behaviour, started, release = blocking_first_job()
     run = FakeRun(behaviour)
     manager = start(run)
-    first = manager.submit(dataset.sha256, "pca", params={"n_comps": 1})
+    first = manager.submit(dataset.id, "pca", params={"n_comps": 1})
     assert started.wait(10)
-    waiting = manager.submit(dataset.sha256, "pca", params={"n_comps": 2})
+    waiting = manager.submit(dataset.id, "pca", params={"n_comps": 2})
     cancelled = manager.cancel(waiting.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at
     assert manager.queue_position(waiting.id) is None
@@ -165,12 +175,12 @@ def test_cancel_running_job_stops_between_batches(start, dataset):
                 time.sleep(0.01)
 
     manager = start(FakeRun(loop_until_cancelled))
-    job = manager.submit(dataset.sha256, "pca", params={"n_comps": 1})
+    job = manager.submit(dataset.id, "pca", params={"n_comps": 1})
     wait_for(manager, job.id, {"running"})
     assert manager.cancel(job.id).cancel_requested
     job = wait_for(manager, job.id, {"cancelled"})
-    assert job.artifact_dir is None and not (manager.workspace.root / "jobs" / job.id).exists()
-    assert wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 2}).id, {"done", "failed"}).status == "done"
+    assert job.artifact_dir is None and wait_gone(manager.workspace.root / "jobs" / job.id)
+    assert wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 2}).id, {"done", "failed"}).status == "done"
 
 
 def test_cuda_oom_halves_batch_size_until_it_fits(start, dataset):
@@ -181,7 +191,7 @@ def test_cuda_oom_halves_batch_size_until_it_fits(start, dataset):
 
     run = FakeRun(oom_above_8)
     manager = start(run)
-    job = wait_for(manager, manager.submit(dataset.sha256, "pca").id, {"done", "failed"})
+    job = wait_for(manager, manager.submit(dataset.id, "pca").id, {"done", "failed"})
     assert job.status == "done", job.error
     expected = [
         "CUDA out of memory at batch size 64; retried at 32",
@@ -199,7 +209,7 @@ def test_cuda_oom_at_batch_size_1_fails_clearly(start, dataset):
         raise DeviceOutOfMemory(params["batch_size"])
 
     manager = start(FakeRun(always_oom))
-    job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"batch_size": 16}).id, {"done", "failed"})
+    job = wait_for(manager, manager.submit(dataset.id, "pca", params={"batch_size": 16}).id, {"done", "failed"})
     assert job.status == "failed"
     assert job.error.startswith("CUDA out of memory even at batch size 1")
     assert [n.split("; ")[1] for n in job.notes] == ["retried at 8", "retried at 4", "retried at 2", "retried at 1"]
@@ -213,7 +223,7 @@ def test_a_crashing_job_fails_alone(start, dataset):
             raise InputError("data.h5ad: the dataset has zero cells")
 
     manager = start(FakeRun(crash))
-    jobs = [manager.submit(dataset.sha256, "pca", params={"n_comps": n}) for n in (1, 2, 3)]
+    jobs = [manager.submit(dataset.id, "pca", params={"n_comps": n}) for n in (1, 2, 3)]
     crashed, invalid, fine = (wait_for(manager, j.id, {"done", "failed"}) for j in jobs)
     assert (crashed.status, crashed.error) == ("failed", "ValueError: matrix has NaN")
     assert (invalid.status, invalid.error) == ("failed", "data.h5ad: the dataset has zero cells")
@@ -223,14 +233,15 @@ def test_a_crashing_job_fails_alone(start, dataset):
 
 def test_restart_marks_running_jobs_interrupted_and_keeps_results(start, workspace, dataset):
     first = start(FakeRun())
-    finished = wait_for(first, first.submit(dataset.sha256, "pca", params={"n_comps": 1}).id, {"done"})
+    finished = wait_for(first, first.submit(dataset.id, "pca", params={"n_comps": 1}).id, {"done"})
     first.shutdown()
     # What a server killed mid-run leaves behind: one job running, one still queued.
     store = JobStore(workspace.db_path)
     spec = JobSpec(dataset.sha256, "pca", "default", {"n_comps": 2})
-    running = store.create(spec, "local", "cpu")
+    running, _ = store.submit(spec, dataset.owner, "cpu", dataset.id)
     assert store.claim_next("cpu").id == running.id
-    waiting = store.create(JobSpec(dataset.sha256, "pca", "default", {"n_comps": 3}), "local", "cpu")
+    waiting, _ = store.submit(JobSpec(dataset.sha256, "pca", "default", {"n_comps": 3}), dataset.owner, "cpu",
+                              dataset.id)
 
     second = start(FakeRun())
     interrupted = second.get(running.id)
@@ -249,16 +260,16 @@ def test_restart_marks_running_jobs_interrupted_and_keeps_results(start, workspa
 def test_same_spec_is_a_cache_hit(start, dataset):
     run = FakeRun()
     manager = start(run)
-    job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 5}).id, {"done"})
-    same = manager.submit(dataset.sha256, "pca", "default", params={"n_comps": 5}, device="cpu")
+    job = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 5}).id, {"done"})
+    same = manager.submit(dataset.id, "pca", "default", params={"n_comps": 5}, device="cpu")
     assert same.id == job.id and same.status == "done" and len(run.calls) == 1
 
-    other = manager.submit(dataset.sha256, "pca", params={"n_comps": 6})
+    other = manager.submit(dataset.id, "pca", params={"n_comps": 6})
     assert other.id != job.id
     wait_for(manager, other.id, {"done"})
 
     shutil.rmtree(job.artifact_dir)  # results gone from disk: recompute rather than serve nothing
-    redo = manager.submit(dataset.sha256, "pca", params={"n_comps": 5})
+    redo = manager.submit(dataset.id, "pca", params={"n_comps": 5})
     assert redo.id != job.id
     wait_for(manager, redo.id, {"done"})
     assert len(run.calls) == 3
@@ -268,10 +279,10 @@ def test_an_admin_streamed_run_is_its_own_result_and_reads_in_blocks(workspace, 
     manager = JobManager(workspace)
     try:
         with pytest.raises(ConfigError, match="uses all cells at once"):  # scVI fit trains on every cell
-            manager.submit(dataset.sha256, "scvi", "fit", stream=True, score=False)
-        memory = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 8}, score=False).id,
+            manager.submit(dataset.id, "scvi", "fit", stream=True, score=False)
+        memory = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 8}, score=False).id,
                           {"done", "failed"}, timeout=300)
-        streamed = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 8}, score=False,
+        streamed = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 8}, score=False,
                                                     stream=True).id, {"done", "failed"}, timeout=300)
     finally:
         manager.shutdown()
@@ -284,18 +295,18 @@ def test_an_admin_streamed_run_is_its_own_result_and_reads_in_blocks(workspace, 
 def test_submit_refuses_what_cannot_run(start, dataset):
     manager = start(FakeRun(), start_workers=False)
     with pytest.raises(KeyError, match="not found"):
-        manager.submit("0" * 64, "pca")
+        manager.submit("0" * 16, "pca")  # no such dataset record
     with pytest.raises(ConfigError, match="unknown model"):
-        manager.submit(dataset.sha256, "no-such-model")
+        manager.submit(dataset.id, "no-such-model")
     with pytest.raises(ConfigError, match="unknown organism"):
-        manager.submit(dataset.sha256, "pca", organism="martian")
+        manager.submit(dataset.id, "pca", organism="martian")
     assert manager.list() == []
 
 
 def test_pca_baseline_through_the_manager(workspace, dataset, small_adata):
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10}).id,
+        job = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 10}).id,
                        {"done", "failed", "cancelled"}, timeout=300)
         wait_for_scores(manager, job.id)
     finally:
@@ -326,7 +337,7 @@ def test_pca_baseline_through_the_manager(workspace, dataset, small_adata):
 def test_metrics_problems_leave_the_job_done(workspace, dataset):
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca", metrics={"label_key": "no_such_column"}).id,
+        job = wait_for(manager, manager.submit(dataset.id, "pca", metrics={"label_key": "no_such_column"}).id,
                        {"done", "failed", "cancelled"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
     finally:
@@ -358,7 +369,7 @@ def test_a_default_pca_run_becomes_the_cached_baseline(workspace, dataset):
 
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca").id, {"done", "failed", "cancelled"}, timeout=300)
+        job = wait_for(manager, manager.submit(dataset.id, "pca").id, {"done", "failed", "cancelled"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
     finally:
         manager.shutdown()
@@ -373,7 +384,7 @@ def test_rescoring_with_another_label_reuses_the_embedding(workspace, dataset):
     manager = JobManager(workspace)
     clustering = {"batch_key": False, "tasks": ["clustering"]}
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10},
+        job = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 10},
                                                metrics={"label_key": "cell_type", **clustering}).id,
                        {"done", "failed"}, timeout=300)
         (first,) = wait_for_scores(manager, job.id)
@@ -396,7 +407,7 @@ def test_choosing_no_batch_column_is_kept(workspace, dataset):
     """An explicit "(none)" for the batch column stays none; it is never replaced by the suggested one."""
     manager = JobManager(workspace)
     try:
-        job = wait_for(manager, manager.submit(dataset.sha256, "pca", params={"n_comps": 10},
+        job = wait_for(manager, manager.submit(dataset.id, "pca", params={"n_comps": 10},
                                                metrics={"label_key": "cell_type", "batch_key": False}).id,
                        {"done", "failed"}, timeout=300)
         (score,) = wait_for_scores(manager, job.id)
@@ -424,14 +435,14 @@ def two_gpus(monkeypatch):
 def test_gpu_jobs_go_to_the_least_loaded_gpu(start, dataset, two_gpus):
     manager = start(FakeRun(), start_workers=False)  # jobs stay queued: the loads only grow
     assert manager.devices == ("cpu", "cuda:0", "cuda:1")
-    placed = [manager.submit(dataset.sha256, "geneformer", params={"seed": n}, score=False).device for n in range(4)]
+    placed = [manager.submit(dataset.id, "geneformer", params={"seed": n}, score=False).device for n in range(4)]
     assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    named = manager.submit(dataset.sha256, "geneformer", params={"seed": 9}, device="cuda:0", score=False)
+    named = manager.submit(dataset.id, "geneformer", params={"seed": 9}, device="cuda:0", score=False)
     assert named.device == "cuda:0"
-    assert manager.submit(dataset.sha256, "geneformer", params={"seed": 10}, score=False).device == "cuda:1"
-    assert manager.submit(dataset.sha256, "pca", score=False).device == "cpu"  # baselines stay on the CPU
+    assert manager.submit(dataset.id, "geneformer", params={"seed": 10}, score=False).device == "cuda:1"
+    assert manager.submit(dataset.id, "pca", score=False).device == "cpu"  # baselines stay on the CPU
     with pytest.raises(ConfigError, match="no GPU cuda:2"):
-        manager.submit(dataset.sha256, "geneformer", params={"seed": 11}, device="cuda:2")
+        manager.submit(dataset.id, "geneformer", params={"seed": 11}, device="cuda:2")
 
 
 def test_a_gpu_job_that_cannot_fit_is_refused_at_submit_with_the_fix(start, dataset, two_gpus):
@@ -442,12 +453,12 @@ def test_a_gpu_job_that_cannot_fit_is_refused_at_submit_with_the_fix(start, data
     fits = (6 * 2**30 - 1259 * 2**20 - 512 * 2**20) // per_cell
     with pytest.raises(ConfigError, match=rf"needs ~[\d.]+ GiB, GPU cuda:0 has 6.0 GiB free: lower batch_size to "
                                           rf"{fits} or choose another GPU"):
-        manager.submit(dataset.sha256, "geneformer", params={"batch_size": 64}, device="cuda:0")
+        manager.submit(dataset.id, "geneformer", params={"batch_size": 64}, device="cuda:0")
     assert manager.list() == []  # nothing queued
-    job = manager.submit(dataset.sha256, "geneformer", params={"batch_size": fits}, device="cuda:0")
+    job = manager.submit(dataset.id, "geneformer", params={"batch_size": fits}, device="cuda:0")
     assert job.status == "queued" and "GPU memory estimated at" in job.notes[0] and "on cuda:0" in job.notes[0]
     with pytest.raises(ConfigError, match="lower batch_size"):
-        manager.submit(dataset.sha256, "geneformer", params={"batch_size": fits + 1}, device="cuda:0")
+        manager.submit(dataset.id, "geneformer", params={"batch_size": fits + 1}, device="cuda:0")
     two_gpus["cuda:1"] = 1 * 2**30  # not even the weights: no batch size helps
     with pytest.raises(ConfigError, match="GPU cuda:1 has 1.0 GiB free .even at one cell per batch.: choose another"):
-        manager.submit(dataset.sha256, "geneformer", device="cuda:1")
+        manager.submit(dataset.id, "geneformer", device="cuda:1")

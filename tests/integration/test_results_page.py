@@ -17,7 +17,7 @@ from czb_core.service.jobs.artifacts import EMBEDDING_H5AD, METRICS_DIR, RECORD_
 from czb_core.service.jobs.scoring import score_document
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.service.jobs.store import DONE, JobStore
-from czb_core.service.workspace import Workspace
+from czb_core.service.workspace import DatasetRecord, Workspace
 from czb_core.tasks.options import MetricOptions
 from czb_core.tasks.scoreboard import BASELINE_ROW
 from tests.helpers.apptest import fresh_manager, page  # noqa: F401  (fixture)
@@ -27,11 +27,13 @@ OPTIONS = MetricOptions(label_key="cell_type", batch_key="batch", tasks=("cluste
                                                                          "label_prediction", "batch_integration"))
 
 
-def finished_pca_run(workspace: Workspace, sha: str, params: dict, owner: str = "local") -> str:
-    """A done job with its artifacts and one done scoring run; returns the job id."""
+def finished_pca_run(workspace: Workspace, dataset: DatasetRecord, params: dict) -> str:
+    """A done job of the dataset's owner with its artifacts and one done scoring run; returns the job id."""
     store = JobStore(workspace.db_path)
-    job = store.create(JobSpec(sha, "pca", "default", params), owner, "cpu")
-    result = embed_file(workspace.dataset_path(sha), "pca", params=params, input_sha256=sha)
+    owner = dataset.owner
+    job, _ = store.submit(JobSpec(dataset.sha256, "pca", "default", params), owner, "cpu", dataset.id)
+    result = embed_file(workspace.dataset_path(dataset.id, owner), "pca", params=params,
+                        input_sha256=dataset.sha256)
     result.record["job"] = {"id": job.id, "owner": owner, "spec_key": job.spec_key, "device": "cpu", "notes": []}
     directory = workspace.root / "jobs" / job.id
     directory.mkdir(parents=True)
@@ -59,8 +61,8 @@ def module_home(tmp_path_factory, small_adata):
         patch.setenv("CZB_HOME", str(home))
         workspace = Workspace()
         record = workspace.add_file(path)
-        default = finished_pca_run(workspace, record.sha256, {})
-        ten = finished_pca_run(workspace, record.sha256, {"n_comps": 10})
+        default = finished_pca_run(workspace, record, {})
+        ten = finished_pca_run(workspace, record, {"n_comps": 10})
     return home, (record, default, ten)
 
 
@@ -77,7 +79,7 @@ def scoreboard_frame(at) -> pd.DataFrame:
 
 def test_scoreboard_has_one_row_per_run_and_the_baseline_once(two_runs):
     record, default, ten = two_runs
-    at = page("results", dataset=record.sha256)
+    at = page("results", dataset=record.id)
     assert not at.exception
     board = scoreboard_frame(at)
     assert len(board) == 2 and BASELINE_ROW not in board.index  # the default PCA run is the baseline
@@ -94,7 +96,7 @@ def test_scoreboard_has_one_row_per_run_and_the_baseline_once(two_runs):
 
 def test_full_table_has_readable_names_and_per_class_accuracy(two_runs, small_adata):
     record, default, ten = two_runs
-    at = page("results", dataset=record.sha256)
+    at = page("results", dataset=record.id)
     table = next(d for d in at.dataframe if "Meaning" in d.value.columns).value
     assert "Accuracy, mean of kNN / LR / RF" in set(table["Metric"])
     assert table["Meaning"].str.len().gt(0).all()
@@ -108,7 +110,7 @@ def test_full_table_has_readable_names_and_per_class_accuracy(two_runs, small_ad
 
 def test_downloads_are_named_by_run_and_reproducible(two_runs):
     record, default, ten = two_runs
-    at = page("results", dataset=record.sha256)
+    at = page("results", dataset=record.id)
     script = next(c for c in at.code if "czb run" in c.value).value
     stem = f"small__pca-default__{at.selectbox(key='download_run').value}"
     assert f"--out {stem}.h5ad" in script and record.sha256 in script

@@ -196,10 +196,10 @@ def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page
     path = tmp_path / "perturbed.h5ad"
     adata.write_h5ad(path)
     workspace = Workspace()
-    sha = workspace.add_file(path).sha256
+    dataset_id = workspace.add_file(path).id
     manager = JobManager(workspace, processes=False)
     try:
-        job = manager.submit(sha, "scgenept", "go", params={"perturbation": f"{symbols[3]}+ctrl", "n_cells": 6},
+        job = manager.submit(dataset_id, "scgenept", "go", params={"perturbation": f"{symbols[3]}+ctrl", "n_cells": 6},
                              metrics={"label_key": "condition"})
         deadline = time.monotonic() + 120
         while (job := manager.get(job.id)).status not in ("done", "failed") and time.monotonic() < deadline:
@@ -217,7 +217,7 @@ def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page
     finally:
         manager.shutdown(timeout=5)
     monkeypatch.setattr("pages.common.JobManager", lambda: JobManager(workspace, start_workers=False))
-    at = page("results", dataset=sha)
+    at = page("results", dataset=dataset_id)
     assert not at.exception, at.exception
     assert "Perturbation predictions" in [s.value for s in at.subheader]
     markdown = " ".join(m.value for m in at.markdown)

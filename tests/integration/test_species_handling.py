@@ -59,8 +59,8 @@ def test_the_organism_is_set_per_dataset(small_h5ad, write_h5ad, mouse_upper):
     workspace = Workspace()
     human = workspace.add_file(small_h5ad)
     mouse = workspace.add_file(write_h5ad(mouse_upper))
-    workspace.set_organism(human.sha256, "mus_musculus")
-    assert workspace.get(human.sha256).organism == "mus_musculus" and workspace.get(mouse.sha256).organism is None
+    workspace.set_organism(human.id, "mus_musculus")
+    assert workspace.get(human.id).organism == "mus_musculus" and workspace.get(mouse.id).organism is None
 
 
 def test_verdicts_say_what_is_unknown_until_the_weights_are_downloaded(small_h5ad, capsys):
@@ -77,7 +77,7 @@ def test_verdicts_say_what_is_unknown_until_the_weights_are_downloaded(small_h5a
 @pytest.mark.usefixtures("fresh_manager")
 def test_run_page_blocks_a_human_only_model_for_mouse_data(write_h5ad, mouse_upper):
     record = Workspace().add_file(write_h5ad(mouse_upper))
-    at = page("run", dataset=record.sha256)
+    at = page("run", dataset=record.id)
     next(s for s in at.selectbox if s.label == "Model").set_value("geneformer").run()
     assert not at.exception
     assert next(b for b in at.button if b.label == "Run").disabled

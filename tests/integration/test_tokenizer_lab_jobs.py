@@ -25,6 +25,7 @@ from czb_core.tokenizer_lab.lab import LabSplit, TokenizerSetup, prepare_lab_dat
 from czb_core.tokenizer_lab.model import ModelShape
 from czb_core.tokenizer_lab.presets import parse_tokenizer
 from czb_core.tokenizer_lab.train import TrainConfig
+from tests.integration.test_jobs import wait_gone
 
 SPLIT = LabSplit("cell_type", "donor_id", ("donor0_0", "donor0_1"), ("donor1_0",), ("donor1_1",))
 TINY = TrainConfig(epochs=3, batch_size=32, shape=ModelShape(d_model=16, n_layers=1, n_heads=2))
@@ -69,7 +70,7 @@ def wait_for(manager, job_id, statuses, timeout=60.0, until=lambda job: True):
 
 
 def test_each_tokenizer_and_seed_is_a_job_with_its_files_and_the_summary_spans_seeds(manager, dataset, lab_adata):
-    submitted = [manager.submit_lab(dataset.sha256, SPLIT, tokenizer, seed, TINY)
+    submitted = [manager.submit_lab(dataset.id, SPLIT, tokenizer, seed, TINY)
                  for tokenizer in (RANKED, BINNED) for seed in (0, 1)]
     assert len({job.id for job in submitted}) == 4
     assert {(job.model, job.device) for job in submitted} == {(LAB_MODEL, "cpu")}
@@ -90,10 +91,10 @@ def test_each_tokenizer_and_seed_is_a_job_with_its_files_and_the_summary_spans_s
         assert len(document["confusion"]) == len(document["classes"]) == 3
         assert sum(map(sum, document["confusion"])) == document["n_cells"]["test"]
 
-    again = manager.submit_lab(dataset.sha256, SPLIT, RANKED, 1, TINY)
+    again = manager.submit_lab(dataset.id, SPLIT, RANKED, 1, TINY)
     assert (again.id, again.status) == (done[1].id, "done")  # the same training asked again: the cached job
 
-    experiments = lab_jobs.group_finished_experiments(manager.list(dataset_sha256=dataset.sha256))
+    experiments = lab_jobs.group_finished_experiments(manager.list(dataset_id=dataset.id))
     assert len(experiments) == 1
     (experiment,) = experiments.values()
     assert [job.id for job in experiment] == [job.id for job in done]  # in the order submitted
@@ -115,7 +116,7 @@ def test_each_tokenizer_and_seed_is_a_job_with_its_files_and_the_summary_spans_s
 
 
 def test_the_trained_model_file_loads_without_unpickling_code_into_a_fresh_classifier(manager, dataset, lab_adata):
-    job = wait_for(manager, manager.submit_lab(dataset.sha256, SPLIT, BINNED, 0, TINY).id, ("done",))
+    job = wait_for(manager, manager.submit_lab(dataset.id, SPLIT, BINNED, 0, TINY).id, ("done",))
     saved = torch.load(lab_jobs.find_model_file(job), map_location="cpu", weights_only=True)
     data = prepare_lab_data(lab_adata, SPLIT)
     model = TokenizerSetup(BINNED, data, TINY.shape.d_model).build_model(len(data.classes), TINY)
@@ -127,8 +128,8 @@ def test_same_seed_same_numbers_as_the_command_line_run(manager, dataset, lab_ad
     """Two owners' jobs (no cache between them) and `run_lab` itself give identical metrics and curves."""
     jobs = []
     for owner in ("alice", "bob"):
-        manager.workspace.add_file(dataset.path, owner=owner)
-        jobs.append(manager.submit_lab(dataset.sha256, SPLIT, BINNED, 3, TINY, owner=owner))
+        owners_record = manager.workspace.add_file(dataset.path, owner=owner)
+        jobs.append(manager.submit_lab(owners_record.id, SPLIT, BINNED, 3, TINY, owner=owner))
     assert jobs[0].id != jobs[1].id
     documents = [lab_jobs.read_lab_run(wait_for(manager, job.id, ("done",)).artifact_dir) for job in jobs]
     direct = run_lab(prepare_lab_data(lab_adata, SPLIT), [BINNED], [3], TINY).runs[0]
@@ -140,7 +141,7 @@ def test_same_seed_same_numbers_as_the_command_line_run(manager, dataset, lab_ad
 
 def test_progress_shows_the_epoch_and_validation_mcc_and_cancel_stops_training(manager, dataset):
     long = TrainConfig(epochs=500, patience=500, batch_size=32, shape=TINY.shape)
-    job = manager.submit_lab(dataset.sha256, SPLIT, RANKED, 0, long)
+    job = manager.submit_lab(dataset.id, SPLIT, RANKED, 0, long)
     running = wait_for(manager, job.id, ("running",), until=lambda j: "[val MCC" in j.step)
     assert running.step.startswith("train epoch [val MCC") and running.total == 500
     line = lab_jobs.format_job_row(running)["progress"]
@@ -149,7 +150,7 @@ def test_progress_shows_the_epoch_and_validation_mcc_and_cancel_stops_training(m
     manager.cancel(job.id)
     cancelled = wait_for(manager, job.id, ("cancelled",), timeout=20)
     assert 1 <= cancelled.done < 500
-    assert not (manager.workspace.root / "jobs" / job.id).exists()
+    assert wait_gone(manager.workspace.root / "jobs" / job.id)
     assert lab_jobs.group_finished_experiments(manager.list()) == {}
 
 
@@ -169,7 +170,7 @@ def test_out_of_memory_is_retried_at_half_the_batch_on_the_data_prepared_once(ma
 
     monkeypatch.setattr(lab_jobs, "read_anndata", counted_read)
     monkeypatch.setattr(lab_jobs, "train_run", out_of_memory_at_32)
-    job = wait_for(manager, manager.submit_lab(dataset.sha256, SPLIT, RANKED, 0, TINY).id, ("done",))
+    job = wait_for(manager, manager.submit_lab(dataset.id, SPLIT, RANKED, 0, TINY).id, ("done",))
     assert calls == [32, 16] and len(reads) == 1
     assert job.notes == ["CUDA out of memory at batch size 32; retried at 16"]
     record = read_record(job.artifact_dir)
@@ -188,7 +189,7 @@ def test_a_failed_lab_job_is_retried_as_a_new_job(manager, dataset, monkeypatch)
         return train_run(*args, **kwargs)
 
     monkeypatch.setattr(lab_jobs, "train_run", fail_once)
-    failed = wait_for(manager, manager.submit_lab(dataset.sha256, SPLIT, RANKED, 0, TINY).id, ("failed",))
+    failed = wait_for(manager, manager.submit_lab(dataset.id, SPLIT, RANKED, 0, TINY).id, ("failed",))
     assert "a stand-in failure" in failed.error
     retried = manager.retry(failed.id)
     assert retried.id != failed.id and retried.device == "cpu"
@@ -198,10 +199,10 @@ def test_a_failed_lab_job_is_retried_as_a_new_job(manager, dataset, monkeypatch)
 def test_a_split_with_a_value_in_two_parts_or_an_empty_part_is_refused_before_queueing(manager, dataset):
     overlapping = LabSplit("cell_type", "donor_id", ("donor0_0",), ("donor1_0",), ("donor0_0",))
     with pytest.raises(ConfigError, match="train and test share"):
-        manager.submit_lab(dataset.sha256, overlapping, RANKED, 0, TINY)
+        manager.submit_lab(dataset.id, overlapping, RANKED, 0, TINY)
     empty = LabSplit("cell_type", "donor_id", ("donor0_0",), (), ("donor1_1",))
     with pytest.raises(ConfigError, match="at least one 'donor_id' value for val"):
-        manager.submit_lab(dataset.sha256, empty, RANKED, 0, TINY)
+        manager.submit_lab(dataset.id, empty, RANKED, 0, TINY)
     assert manager.list() == []
 
 

@@ -34,7 +34,7 @@ def finished_home(tmp_path_factory):
         patch.setenv("CZB_HOME", str(home))
         manager = JobManager(Workspace(), processes=False)
         record = manager.workspace.add_file(path)
-        jobs = [manager.submit_lab(record.sha256, SPLIT, tokenizer, seed, TINY)
+        jobs = [manager.submit_lab(record.id, SPLIT, tokenizer, seed, TINY)
                 for tokenizer in (RANKED, BINNED) for seed in (0, 1)]
         for job in jobs:
             wait_for(manager, job.id, ("done",))
@@ -47,7 +47,7 @@ def start_button(at):
 
 
 def test_the_form_offers_the_split_values_tokenizers_and_settings(dataset):
-    at = page("tokenizer_lab", dataset=dataset.sha256)
+    at = page("tokenizer_lab", dataset=dataset.id)
     assert not at.exception
     assert at.selectbox[1].value == "donor_id"  # the only column with three or more values besides the label
     assert (at.multiselect(key="train_donor_id").value, at.multiselect(key="val_donor_id").value,
@@ -60,7 +60,7 @@ def test_the_form_offers_the_split_values_tokenizers_and_settings(dataset):
 
 
 def test_a_value_in_both_train_and_test_is_an_error_and_start_is_refused(dataset):
-    at = page("tokenizer_lab", dataset=dataset.sha256)
+    at = page("tokenizer_lab", dataset=dataset.id)
     at.multiselect(key="test_donor_id").set_value(["donor0_0"]).run()
     assert any("train and test share split values ['donor0_0']" in e.value for e in at.error)
     button = start_button(at)
@@ -74,14 +74,14 @@ def test_a_value_in_both_train_and_test_is_an_error_and_start_is_refused(dataset
 def test_start_queues_one_job_per_tokenizer_and_seed(dataset):
     from pages.common import job_manager
 
-    at = page("tokenizer_lab", dataset=dataset.sha256)
+    at = page("tokenizer_lab", dataset=dataset.id)
     at.multiselect[3].set_value(["scgpt"])
     at.number_input[0].set_value(2)  # seeds
     at.run()
     start_button(at).click().run()
     assert not at.exception
     manager = job_manager()
-    jobs = manager.list(dataset_sha256=dataset.sha256)
+    jobs = manager.list(dataset_id=dataset.id)
     try:
         assert sorted((job.model, job.variant, job.spec.params["seed"]) for job in jobs) == [
             (LAB_MODEL, "scgpt", 0), (LAB_MODEL, "scgpt", 1)]
@@ -96,7 +96,7 @@ def test_start_queues_one_job_per_tokenizer_and_seed(dataset):
 def test_finished_trainings_show_the_summary_plots_and_downloads(finished_home, monkeypatch):
     home, record = finished_home
     monkeypatch.setenv("CZB_HOME", str(home))
-    at = page("tokenizer_lab", dataset=record.sha256)
+    at = page("tokenizer_lab", dataset=record.id)
     assert not at.exception
     summary = next(d.value for d in at.dataframe if "mcc_mean" in d.value.columns)
     assert summary["tokenizer"].tolist() == [RANKED.name, BINNED.name] and summary["n_seeds"].tolist() == [2, 2]

@@ -61,7 +61,7 @@ def button(at, label: str):
 
 def test_one_line_per_model_collapsed_and_each_problem_once(small_h5ad):
     record = Workspace().add_file(small_h5ad)
-    at = page("validate", dataset=record.sha256)
+    at = page("validate", dataset=record.id)
     assert not at.exception
     lines = model_lines(at)
     assert lines["scVI: 1 of 7 variants can run"] == READY and lines["PCA baseline: 3 of 3 variants can run"] == READY
@@ -78,7 +78,7 @@ def test_one_line_per_model_collapsed_and_each_problem_once(small_h5ad):
 
 def test_a_batch_column_is_stored_for_the_run_page_and_revalidated(small_h5ad):
     record = Workspace().add_file(small_h5ad)
-    at = page("validate", dataset=record.sha256)
+    at = page("validate", dataset=record.id)
     (choice,) = [s for s in at.selectbox if s.label == "Batch column for scVI runs"]
     assert choice.value == "batch"  # the detected batch column comes pre-filled
     button(at, "Use it for scVI runs").click().run(timeout=RUN_TIMEOUT)
@@ -94,20 +94,21 @@ def test_a_batch_column_is_stored_for_the_run_page_and_revalidated(small_h5ad):
 
 def test_a_fix_button_creates_a_version_and_the_page_revalidates_it(mouse_symbols, write_h5ad):
     original = Workspace().add_file(write_h5ad(mouse_symbols, "mouse_symbols.h5ad"))
-    at = page("validate", dataset=original.sha256)
+    at = page("validate", dataset=original.id)
     ids = [e.value for e in at.error if "needs Ensembl gene ids" in e.value]
     assert len(ids) == 1 and "Applies to:" in ids[0]
     fix = [b for b in at.button if b.label == "Map symbols to mus_musculus Ensembl ids" and b.key.startswith("p")]
     assert len(fix) == 1  # in the problem's item (the "Other changes" expander has its own)
     fix[0].click().run(timeout=RUN_TIMEOUT)
     deadline = time.monotonic() + FIX_WAIT_S
-    while dataset_in_url(at) == original.sha256 and time.monotonic() < deadline:
+    while dataset_in_url(at) == original.id and time.monotonic() < deadline:
         time.sleep(1)
         at.run(timeout=RUN_TIMEOUT)  # the fix panel polls the background fix on each run
     assert not at.exception
-    new_sha = dataset_in_url(at)
-    assert new_sha != original.sha256
-    version = Workspace().get(new_sha)
+    version_id = dataset_in_url(at)
+    assert version_id != original.id
+    version = Workspace().get(version_id, original.owner)  # the user's own new record
+    assert version.sha256 != original.sha256
     assert version.parent_sha256 == original.sha256 and "symbols mapped" in version.name
     assert not any("needs Ensembl gene ids" in e.value for e in at.error)  # re-validated: ids now
     assert any(m.value.startswith("**Genes:** Ensembl ids") for m in at.markdown)

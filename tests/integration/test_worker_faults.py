@@ -50,7 +50,7 @@ def manager():
 
 
 def next_job_completes(m, dataset):
-    job = wait_for(m, m.submit(dataset.sha256, "pca", params={"n_comps": 5}, score=False).id, {"done", "failed"})
+    job = wait_for(m, m.submit(dataset.id, "pca", params={"n_comps": 5}, score=False).id, {"done", "failed"})
     assert job.status == "done", job.error
     assert os.getpid() == SERVER_PID
 
@@ -60,7 +60,7 @@ def next_job_completes(m, dataset):
 def test_a_worker_that_dies_fails_its_job_with_the_cause_and_is_replaced(manager, dataset, fault, cause):
     m = manager()
     first_pid = m.supervisor.workers["cpu"].pid
-    job = wait_for(m, m.submit(dataset.sha256, "pca", params={"n_comps": fault}).id, {"failed", "done"})
+    job = wait_for(m, m.submit(dataset.id, "pca", params={"n_comps": fault}).id, {"failed", "done"})
     assert job.status == "failed" and cause in job.error and "unaffected" in job.error
     next_job_completes(m, dataset)
     worker = m.supervisor.workers["cpu"]
@@ -70,7 +70,7 @@ def test_a_worker_that_dies_fails_its_job_with_the_cause_and_is_replaced(manager
 def test_a_job_past_the_workers_memory_limit_fails_alone(manager, dataset, monkeypatch):
     monkeypatch.setenv("CZB_WORKER_MEMORY_LIMIT_MB", "3000")
     m = manager()
-    job = wait_for(m, m.submit(dataset.sha256, "pca", params={"n_comps": ALLOCATES}).id, {"failed", "done"})
+    job = wait_for(m, m.submit(dataset.id, "pca", params={"n_comps": ALLOCATES}).id, {"failed", "done"})
     assert job.status == "failed" and job.error.startswith("MemoryError")
     next_job_completes(m, dataset)
     assert m.supervisor.workers["cpu"].restarts == 0  # the process survived its job's failure
@@ -78,7 +78,7 @@ def test_a_job_past_the_workers_memory_limit_fails_alone(manager, dataset, monke
 
 def test_cancel_of_a_job_stuck_in_a_native_call_ends_its_worker(manager, dataset):
     m = manager()
-    job = m.submit(dataset.sha256, "pca", params={"n_comps": STUCK})
+    job = m.submit(dataset.id, "pca", params={"n_comps": STUCK})
     wait_for(m, job.id, {"running"})
     time.sleep(1.0)  # inside the call
     asked = time.monotonic()
@@ -95,11 +95,11 @@ def finished_files(job):
 
 def test_a_restart_keeps_finished_jobs_reruns_queued_ones_and_marks_running_ones(manager, dataset):
     first = manager()
-    done = wait_for(first, first.submit(dataset.sha256, "pca", params={"n_comps": 6}).id, {"done"})
+    done = wait_for(first, first.submit(dataset.id, "pca", params={"n_comps": 6}).id, {"done"})
     emb_nd, umap_n2, record = finished_files(done)
-    running = first.submit(dataset.sha256, "pca", params={"n_comps": STUCK})
+    running = first.submit(dataset.id, "pca", params={"n_comps": STUCK})
     wait_for(first, running.id, {"running"})
-    queued = first.submit(dataset.sha256, "pca", params={"n_comps": 7})
+    queued = first.submit(dataset.id, "pca", params={"n_comps": 7})
     first.shutdown(timeout=10)  # the server goes away; its worker with it
     second = manager()
     assert second.get(running.id).status == "interrupted"
@@ -127,7 +127,7 @@ def test_a_database_locked_by_another_process_only_delays_the_job(manager, datas
     db = Workspace().db_path
     locker = hold_exclusive_lock(db, 4)
     try:
-        job = m.submit(dataset.sha256, "pca", params={"n_comps": 8}, score=False)  # waits for the lock
+        job = m.submit(dataset.id, "pca", params={"n_comps": 8}, score=False)  # waits for the lock
     finally:
         locker.wait(30)
     assert wait_for(m, job.id, {"done", "failed"}).status == "done"
@@ -137,9 +137,9 @@ def test_a_database_locked_by_another_process_only_delays_the_job(manager, datas
 def test_a_database_locked_while_jobs_run_loses_nothing(manager, dataset):
     """Workers writing progress, handing a job to the CPU pool and finishing it all wait for the lock."""
     m = manager()
-    done = wait_for(m, m.submit(dataset.sha256, "pca", params={"n_comps": 6}, score=False).id, {"done"})
+    done = wait_for(m, m.submit(dataset.id, "pca", params={"n_comps": 6}, score=False).id, {"done"})
     emb_nd, umap_n2, record = finished_files(done)
-    jobs = [m.submit(dataset.sha256, "pca", params={"n_comps": n}, score=False) for n in (7, 8)]
+    jobs = [m.submit(dataset.id, "pca", params={"n_comps": n}, score=False) for n in (7, 8)]
     wait_for(m, jobs[0].id, {"running"})
     locker = hold_exclusive_lock(m.workspace.db_path, 5)
     try:

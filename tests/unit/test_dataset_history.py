@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 
 
 def record(sha, created, parent=None, owner="ana"):
-    return DatasetRecord(id=f"{owner}-{sha}", sha256=sha, name=sha, path=Path(sha), owner=owner, created_at=created, size_bytes=1,
-                         parent_sha256=parent)
+    return DatasetRecord(id=f"{owner}-{sha}", sha256=sha, name=sha, path=Path(sha), owner=owner, created_at=created,
+                         size_bytes=1, parent_sha256=parent)
 
 
 def test_versions_follow_their_dataset_newest_first():

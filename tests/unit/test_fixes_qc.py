@@ -81,10 +81,10 @@ def test_fixes_run_off_the_page_and_name_the_version(small_adata, write_h5ad):
             time.sleep(0.05)
         return result
 
-    result = wait(runner.submit(record.sha256, "batch_key", columns=["batch", "donor_id"], key="lane"))
+    result = wait(runner.submit(record.id, "batch_key", columns=["batch", "donor_id"], key="lane"))
     assert result.record.name == "lung · batch key built.h5ad" and result.record.parent_sha256 == record.sha256
     assert result.mapping_csv is None
-    bad = runner.submit(record.sha256, "var_column_as_genes", column="no_such_column")
+    bad = runner.submit(record.id, "var_column_as_genes", column="no_such_column")
     with pytest.raises(InputError, match="var has no column 'no_such_column'"):
         wait(bad)
     assert [r.sha256 for r in workspace.list()].count(record.sha256) == 1  # the original is untouched

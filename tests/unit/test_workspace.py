@@ -114,7 +114,7 @@ def test_fixed_version_keeps_its_parent(small_adata, small_h5ad):
 
 def test_unknown_dataset_is_a_clear_key_error():
     with pytest.raises(KeyError, match="dataset abc0000000000000 not found"):
-        Workspace().get("abc" + "0" * 61)
+        Workspace().get("abc" + "0" * 13)  # a record id: 16 hex digits
 
 
 def test_workspace_and_job_store_share_one_sqlite_file(small_h5ad):
