@@ -152,3 +152,33 @@ def write_loom(path: Path, x_ng) -> Path:
         f.create_group("col_attrs")["CellID"] = np.array([f"C{i}".encode() for i in range(x_gn.shape[1])])
         f.create_group("layers")
     return path
+
+
+def set_entry(position: int, value: int):
+    """An `edit_array` change: the entry at `position` becomes `value`."""
+    def change(values: np.ndarray) -> None:
+        values[position] = value
+    return change
+
+
+def _swap_entries(first: int):
+    def change(values: np.ndarray) -> None:
+        values[first], values[first + 1] = values[first + 1], values[first]
+    return change
+
+
+# Edits of small.h5ad (400 cells x 300 genes, CSR) into files that used to be stored, and then broke the
+# Dataset page, exited 4 or crashed a run; with the refusal (a regular expression) each gets now.
+REPRODUCTIONS = {
+    "1-D X": (lambda path: replace_array(path, "X", np.arange(400, dtype=np.float32),
+                                         {"encoding-type": "array", "encoding-version": "0.2.0"}),
+              r"X is a 1-D array of shape \(400,\), but an expression matrix is 2-D"),
+    "indptr overruns": (lambda path: edit_array(path, "X/indptr", lambda p: p.__setitem__(-1, p[-1] + 50)),
+                        r"X/indptr ends at [\d,]+ but X holds [\d,]+ values; the file is corrupt"),
+    "indptr decreases": (lambda path: edit_array(path, "X/indptr", _swap_entries(10)),
+                         r"X/indptr decreases from [\d,]+ to [\d,]+ at entry 11, so row 10 would hold a negative"),
+    "indptr does not start at 0": (lambda path: edit_array(path, "X/indptr", set_entry(0, 3)),
+                                   r"X/indptr starts at 3, not 0"),
+    "column index out of range": (lambda path: edit_array(path, "X/indices", set_entry(5, 10_000)),
+                                  r"X/indices holds column 10,000 at position 5, outside the 300 columns"),
+}

@@ -20,51 +20,10 @@ from czb_core.io.reading import check_dataset_file, check_readable, read_anndata
 from czb_core.service.history import dataset_shape
 from czb_core.service.workspace import Workspace
 from czb_core.viz.qc import per_cell_qc
-from tests.helpers.bad_inputs import (edit_array, replace_array, write_10x_v2, write_10x_v3, write_loom,
-                                      write_split_bomb)
+from tests.helpers.bad_inputs import (REPRODUCTIONS, edit_array, replace_array, set_entry, write_10x_v2,
+                                      write_10x_v3, write_loom, write_split_bomb)
 
 READERS = (check_dataset_file, check_readable, read_header, read_anndata)
-
-
-def _set(position: int, value: int):
-    def change(values: np.ndarray) -> None:
-        values[position] = value
-    return change
-
-
-def one_d_x(path):
-    return replace_array(path, "X", np.arange(400, dtype=np.float32), {"encoding-type": "array",
-                                                                        "encoding-version": "0.2.0"})
-
-
-def indptr_overruns(path):
-    return edit_array(path, "X/indptr", lambda p: p.__setitem__(-1, p[-1] + 50))
-
-
-def indptr_decreases(path):
-    def swap(p):
-        p[10], p[11] = p[11], p[10]
-    return edit_array(path, "X/indptr", swap)
-
-
-def indptr_starts_at_3(path):
-    return edit_array(path, "X/indptr", _set(0, 3))
-
-
-def column_out_of_range(path):
-    return edit_array(path, "X/indices", _set(5, 10_000))
-
-
-# The reproductions: each turns small.h5ad (400 cells x 300 genes, CSR) into a file that used to be stored.
-REPRODUCTIONS = {
-    "1-D X": (one_d_x, r"X is a 1-D array of shape \(400,\), but an expression matrix is 2-D"),
-    "indptr overruns": (indptr_overruns, r"X/indptr ends at [\d,]+ but X holds [\d,]+ values; the file is corrupt"),
-    "indptr decreases": (indptr_decreases,
-                         r"X/indptr decreases from [\d,]+ to [\d,]+ at entry 11, so row 10 would hold a negative"),
-    "indptr does not start at 0": (indptr_starts_at_3, r"X/indptr starts at 3, not 0"),
-    "column index out of range": (column_out_of_range,
-                                  r"X/indices holds column 10,000 at position 5, outside the 300 columns"),
-}
 
 
 @pytest.mark.parametrize("kind", sorted(REPRODUCTIONS))
@@ -122,7 +81,7 @@ def test_csc_x_is_read_by_columns(small_adata, write_h5ad):
 def test_csc_row_index_out_of_range_is_refused(small_adata, write_h5ad):
     by_columns = small_adata.copy()
     by_columns.X = small_adata.X.tocsc()
-    path = edit_array(write_h5ad(by_columns), "X/indices", _set(7, 400))
+    path = edit_array(write_h5ad(by_columns), "X/indices", set_entry(7, 400))
     with pytest.raises(InputError, match=r"X/indices holds row 400 at position 7, outside the 400 rows"):
         check_dataset_file(path)
 
@@ -130,7 +89,7 @@ def test_csc_row_index_out_of_range_is_refused(small_adata, write_h5ad):
 def test_counts_layer_and_raw_are_checked_like_x(small_adata, write_h5ad):
     with_counts = small_adata.copy()
     with_counts.layers["counts"] = small_adata.X.copy()
-    path = edit_array(write_h5ad(with_counts), "layers/counts/indices", _set(0, -1))
+    path = edit_array(write_h5ad(with_counts), "layers/counts/indices", set_entry(0, -1))
     with pytest.raises(InputError, match=r"layers/counts/indices holds column -1 at position 0"):
         read_header(path)
     with_raw = small_adata.copy()
@@ -146,7 +105,7 @@ def test_every_sparse_matrix_is_checked_not_only_the_counts(small_adata, write_h
     """A full read builds obsp and uns matrices too, and a fix slicing cells indexes them."""
     with_graph = small_adata.copy()
     with_graph.obsp["connectivities"] = sp.random(400, 400, density=0.01, format="csr", random_state=0)
-    path = edit_array(write_h5ad(with_graph), "obsp/connectivities/indices", _set(2, 400))
+    path = edit_array(write_h5ad(with_graph), "obsp/connectivities/indices", set_entry(2, 400))
     with pytest.raises(InputError, match=r"obsp/connectivities/indices holds column 400 at position 2, outside the "
                                          r"400 columns"):
         check_dataset_file(path)
@@ -222,7 +181,7 @@ def test_history_reads_the_shape_of_a_cellranger_2_file(tmp_path, small_adata):
 
 def test_10x_arrays_that_point_outside_the_matrix(tmp_path, small_adata):
     ids, names = list(small_adata.var_names), list(small_adata.var["feature_name"])
-    path = edit_array(write_10x_v3(tmp_path / "raw.h5", small_adata.X, ids, names), "matrix/indices", _set(3, 300))
+    path = edit_array(write_10x_v3(tmp_path / "raw.h5", small_adata.X, ids, names), "matrix/indices", set_entry(3, 300))
     with pytest.raises(InputError, match=r"raw\.h5: matrix/indices holds gene 300 at position 3, outside the 300 "
                                          r"genes the matrix declares; the file is corrupt: export it from CellRanger"):
         read_header(path)
