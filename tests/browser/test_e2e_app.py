@@ -30,8 +30,8 @@ def upload(page, app_url, path) -> str:
 def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_adata):
     path = tmp_path / "cells.h5ad"
     small_adata.write_h5ad(path)
-    sha = upload(page, app_url, path)
-    assert sha == sha256_file(path)
+    dataset_id = upload(page, app_url, path)
+    assert len(dataset_id) == 16 and dataset_id != sha256_file(path)  # the URL names a record, not content
     assert page.get_by_text("Ensembl ids").first.is_visible()
 
     page.get_by_role("link", name="2. Validate").click()
@@ -59,7 +59,7 @@ def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_ad
     assert result.n_obs == small_adata.n_obs
     assert result.obsm["X_pca"].shape == (small_adata.n_obs, 50)
     assert list(result.obs_names) == list(small_adata.obs_names)
-    assert result.uns["czb_run"]["input"]["sha256"] == sha
+    assert result.uns["czb_run"]["input"]["sha256"] == sha256_file(path)
     assert result.uns["czb_run"]["model"] == "pca"
 
 

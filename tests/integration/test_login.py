@@ -46,11 +46,11 @@ def alices_run(small_h5ad, monkeypatch):
     monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     manager = JobManager(Workspace(), run_fn=FakeRun(), score=False, processes=False)
     try:
-        sha = manager.workspace.add_file(small_h5ad, owner="alice@lab.org").sha256
-        job = wait_for(manager, manager.submit(sha, "pca", owner="alice@lab.org", score=False).id, {"done"})
+        dataset_id = manager.workspace.add_file(small_h5ad, owner="alice@lab.org").id
+        job = wait_for(manager, manager.submit(dataset_id, "pca", owner="alice@lab.org", score=False).id, {"done"})
     finally:
         manager.shutdown(timeout=5)
-    return sha, job.id
+    return dataset_id, job.id
 
 
 def test_a_visitor_who_is_not_logged_in_sees_only_the_login_prompt(small_h5ad):
@@ -63,8 +63,8 @@ def test_a_visitor_who_is_not_logged_in_sees_only_the_login_prompt(small_h5ad):
 
 
 def test_a_deep_link_while_logged_out_stops_at_the_login_prompt(alices_run):
-    sha, job_id = alices_run
-    at = visit(None, "run", dataset=sha, job=job_id)
+    dataset_id, job_id = alices_run
+    at = visit(None, "run", dataset=dataset_id, job=job_id)
     assert not at.exception
     assert any("Log in to see your datasets and jobs" in i.value for i in at.info)
     assert not any(job_id in m.value for m in at.markdown)
@@ -78,16 +78,16 @@ def test_the_sidebar_names_the_logged_in_user_with_log_out(small_h5ad):
 
 
 def test_bob_gets_not_found_for_alices_dataset_and_job(alices_run, small_h5ad):
-    sha, job_id = alices_run
-    at = visit("bob@lab.org", dataset=sha)
+    dataset_id, job_id = alices_run
+    at = visit("bob@lab.org", dataset=dataset_id)
     assert any("That dataset was not found" in w.value for w in at.warning)
     assert not at.metric  # nothing of the file is shown
 
-    alice = visit("alice@lab.org", "run", dataset=sha, job=job_id)
+    alice = visit("alice@lab.org", "run", dataset=dataset_id, job=job_id)
     assert any(f"**Job {job_id}**" in m.value for m in alice.markdown)
 
-    Workspace().add_file(small_h5ad, owner="bob@lab.org")  # bob's own record of the same bytes
-    bob = visit("bob@lab.org", "run", dataset=sha, job=job_id)
+    bobs = Workspace().add_file(small_h5ad, owner="bob@lab.org")  # bob's own record of the same bytes
+    bob = visit("bob@lab.org", "run", dataset=bobs.id, job=job_id)
     assert any(f"Job {job_id} was not found" in w.value for w in bob.warning)
     assert not any(job_id in m.value for m in bob.markdown)
     assert not any(job_id in str(df.value) for df in bob.dataframe)  # not in bob's job list either

@@ -47,7 +47,7 @@ def failing_page(small_h5ad, monkeypatch):
         raise RuntimeError("cannot read /srv/secret/layout")
 
     monkeypatch.setattr("czb_core.schema.data_manager.detect_organism_of", fail)
-    return Workspace().add_file(small_h5ad).sha256
+    return Workspace().add_file(small_h5ad).id
 
 
 @pytest.mark.parametrize("error_details", ["none"], indirect=True)

@@ -22,8 +22,8 @@ def manager(fake_manager):
 
 @pytest.fixture
 def done_job(manager, small_h5ad):
-    sha = manager.workspace.add_file(small_h5ad, owner="alice").sha256
-    return wait_for(manager, manager.submit(sha, "pca", owner="alice", score=False).id, {"done"})
+    dataset_id = manager.workspace.add_file(small_h5ad, owner="alice").id
+    return wait_for(manager, manager.submit(dataset_id, "pca", owner="alice", score=False).id, {"done"})
 
 
 def share_rows(manager) -> int:
@@ -66,8 +66,8 @@ def test_another_user_can_neither_share_nor_revoke(manager, done_job, monkeypatc
 def test_only_a_done_job_can_be_shared(small_h5ad):
     workspace = Workspace()  # no manager: nothing takes the queued job
     store = JobStore(workspace.db_path)
-    sha = workspace.add_file(small_h5ad, owner="alice").sha256
-    job = store.create(JobSpec(sha, "pca", "default"), "alice", "cpu")
+    record = workspace.add_file(small_h5ad, owner="alice")
+    job, _ = store.submit(JobSpec(record.sha256, "pca", "default"), "alice", "cpu", record.id)
     shares = Shares(store)
     for status in ("queued", "failed"):
         store.set_status(job.id, status, error="boom" if status == "failed" else None)
@@ -117,8 +117,9 @@ def test_the_admin_page_lists_every_users_queue_and_disk_and_is_not_found_for_ot
 
     st.cache_resource.clear()
     monkeypatch.setattr("pages.common.JobManager", lambda: manager)
-    sha = manager.workspace.add_file(small_h5ad, owner="bob").sha256
-    queued = manager.store.create(JobSpec(sha, "pca", "default", {"n_comps": 3}), "bob", "gpu-that-is-not-here")
+    record = manager.workspace.add_file(small_h5ad, owner="bob")
+    queued, _ = manager.store.submit(JobSpec(record.sha256, "pca", "default", {"n_comps": 3}), "bob",
+                                     "gpu-that-is-not-here", record.id)
     monkeypatch.setenv("CZB_USER", "carol")
     at = page("admin")
     assert at.error[0].value == "Page not found." and not at.dataframe
