@@ -50,4 +50,4 @@ def evaluate_prediction_run(
         prediction.X, prediction.var_names, prediction.obs[CONTROL_CELL_COLUMN], manager.counts(), manager.genes_g,
         adata.obs, adata.uns, condition=str(condition or params.get("perturbation")),
         condition_key=str(condition_key or params.get("control_key") or "condition"),
-        control_name=str(control_name or params.get("control_value") or "ctrl"), var_names=adata.var_names)
+        control_name=str(control_name or params.get("control_value") or "ctrl"), var_names=manager.var_names)

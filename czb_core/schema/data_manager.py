@@ -143,6 +143,11 @@ class DataManager:
     def n_cells(self) -> int:
         return self.header.n_obs
 
+    def genes_in(self, naming: Optional[str]) -> np.ndarray:
+        """The counts' genes in another naming than the model's ("ensembl", "symbol"), for a reader that
+        matches genes by both (the tokenizer lab: ids for gene tables, symbols where tables are keyed so)."""
+        return resolve_gene_names(self.var, self.var_names, naming)[1]
+
     def batch_labels(self) -> Optional[pd.Series]:
         return self.needs.batch.labels(self.obs)
 

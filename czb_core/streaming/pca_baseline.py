@@ -18,19 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-import scipy.sparse as sp
 
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from czb_core.schema.normalization import scale_factors, scale_log1p
 from czb_core.streaming.incremental_pca import IncrementalPCA
 from czb_core.streaming.row_blocks import RowBlocks
-
-
-def log_block(x_ng: sp.csr_matrix, scale_n: np.ndarray) -> sp.csr_matrix:
-    """log1p of a block scaled per cell, in float32 as the in-memory normalisation computes it."""
-    x_ng = sp.csr_matrix(x_ng)
-    data = x_ng.data.astype(np.float32) * np.repeat(scale_n.astype(np.float32), np.diff(x_ng.indptr))
-    np.log1p(data, out=data)
-    return sp.csr_matrix((data, x_ng.indices, x_ng.indptr), shape=x_ng.shape)
 
 
 @dataclass
@@ -45,13 +37,13 @@ class LogHvgBlocks:
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
         for lo, hi, x_ng in self.blocks:
             self.cancel.check()
-            yield lo, hi, log_block(x_ng, self.scale_n[lo:hi])[:, self.columns].toarray()
+            yield lo, hi, scale_log1p(x_ng, self.scale_n[lo:hi])[:, self.columns].toarray()
 
 
 def log_hvg_blocks(blocks: RowBlocks, n_top_genes: int, progress: ProgressCallback = no_progress,
                    cancel: Optional[CancelToken] = None) -> LogHvgBlocks:
     """Passes 1 and 2: the per-cell scale factors and the HVG columns, then blocks on them."""
-    from model_runners.pca.model import add_expm1_moments, scale_factors, seurat_hvg_from_moments
+    from model_runners.pca.model import add_expm1_moments, seurat_hvg_from_moments
 
     cancel = cancel or CancelToken()
     n_cells, n_genes = blocks.n_cells, blocks.n_genes
@@ -67,7 +59,7 @@ def log_hvg_blocks(blocks: RowBlocks, n_top_genes: int, progress: ProgressCallba
         sum_g, sumsq_g = np.zeros(n_genes), np.zeros(n_genes)
         for k, (lo, hi, x_ng) in enumerate(blocks):
             cancel.check()
-            add_expm1_moments(log_block(x_ng, scale_n[lo:hi]), sum_g, sumsq_g)
+            add_expm1_moments(scale_log1p(x_ng, scale_n[lo:hi]), sum_g, sumsq_g)
             progress("highly variable genes", k + 1, n_blocks)
         hvg_g = seurat_hvg_from_moments(sum_g, sumsq_g, n_cells, n_top_genes)
     return LogHvgBlocks(blocks, scale_n, np.flatnonzero(hvg_g), cancel)

@@ -159,13 +159,13 @@ def node_description(device: str) -> dict:
 
 def project_rows(projection: PCAProjection, x_ng: sp.csr_matrix, shard: Shard, block_rows: int) -> np.ndarray:
     """The fitted PCA of the shard's normalised, log1p HVG columns, `block_rows` dense rows at a time."""
-    from czb_core.streaming.pca_baseline import log_block
+    from czb_core.schema.normalization import scale_log1p
 
     emb_nd = np.empty((shard.n_rows, projection.n_dims), dtype=np.float32)
     for lo in range(0, shard.n_rows, block_rows):
         hi = min(lo + block_rows, shard.n_rows)
         scale_n = projection.scale_n[shard.lo + lo:shard.lo + hi]
-        emb_nd[lo:hi] = projection.pca.transform(log_block(x_ng[lo:hi], scale_n)[:, projection.columns].toarray())
+        emb_nd[lo:hi] = projection.pca.transform(scale_log1p(x_ng[lo:hi], scale_n)[:, projection.columns].toarray())
     return emb_nd
 
 

@@ -32,6 +32,8 @@ import scipy.sparse as sp
 from scipy import stats
 
 from czb_core.errors import InputError
+from czb_core.io.reading import as_csr
+from czb_core.schema.normalization import normalize_log1p, scale_factors, scale_log1p
 from czb_core.tasks.differential_expression import top_genes_by_score, wilcoxon_table
 from czb_core.tasks.results import MetricResult
 
@@ -53,12 +55,9 @@ SPEARMAN = "spearman_correlation_calculation"
 
 
 def log_normalize(x_ng, target_sum: float = TARGET_SUM) -> np.ndarray:
-    """log1p of counts scaled to `target_sum` per cell (dense float32); a cell without counts stays zero."""
-    x_ng = x_ng.toarray() if sp.issparse(x_ng) else np.asarray(x_ng)
-    x_ng = x_ng.astype(np.float64)
-    totals_n1 = x_ng.sum(axis=1, keepdims=True)
-    scale_n1 = np.divide(target_sum, totals_n1, out=np.zeros_like(totals_n1), where=totals_n1 > 0)
-    return np.log1p(x_ng * scale_n1).astype(np.float32)
+    """log1p of counts scaled to `target_sum` per cell, computed in float64 and handed over as the dense
+    float32 expression the perturbation models read and predict; a cell without counts stays zero."""
+    return normalize_log1p(x_ng, target_sum, np.float64).toarray().astype(np.float32)
 
 
 def rows_with_label(obs: pd.DataFrame, key: str, value: str) -> np.ndarray:
@@ -431,13 +430,10 @@ def evaluate_prediction(pred_ng, pred_genes_g: Sequence[str], control_cells_n: S
 
 
 def _log_normalize_columns(x_ng, cols: np.ndarray) -> np.ndarray:
-    """`log_normalize(x_ng)[:, cols]` without densifying the other columns."""
-    x_ng = x_ng.tocsr() if sp.issparse(x_ng) else np.asarray(x_ng)
-    totals_n1 = np.asarray(x_ng.sum(axis=1), dtype=np.float64).reshape(-1, 1)
-    part = x_ng[:, cols]
-    part = np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float64)
-    scale_n1 = np.divide(TARGET_SUM, totals_n1, out=np.zeros_like(totals_n1), where=totals_n1 > 0)
-    return np.log1p(part * scale_n1)
+    """`log_normalize(x_ng)[:, cols]` in float64, normalising only those columns (over each cell's total
+    of every gene): the metrics compare small differences of means, and the other genes are never densified."""
+    total_n = np.asarray(x_ng.sum(axis=1)).ravel()
+    return scale_log1p(as_csr(x_ng)[:, cols], scale_factors(total_n, TARGET_SUM, np.float64)).toarray()
 
 
 def _matched_spearman(predictions: dict, x_log_ng: np.ndarray, row_of: dict, control_cells_n, pred_genes_g,

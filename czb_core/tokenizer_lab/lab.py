@@ -5,6 +5,11 @@ Every tokenizer is trained with every seed on the same normalised matrix (normal
 and scored on the test cells at its best validation epoch. The result: per-run metrics, a summary per
 tokenizer (mean and standard deviation of test accuracy and MCC over seeds), learning curves, the
 confusion matrix of the best tokenizer's best seed, and optionally each trained model as a file.
+
+The dataset is read through the data manager, as a model runner reads it: the counts from wherever they
+live (X, layers['counts'], or raw.X with raw.X's own genes; a CELLxGENE file keeps log-normalised values
+in X), gene ids and symbols from var_names or the var columns that hold them, and the organism set or
+detected from the gene names.
 """
 
 from __future__ import annotations
@@ -13,21 +18,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import InputError
+from czb_core.io.header import header_from_anndata
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from czb_core.schema.data_manager import DataManager, DataNeeds
+from czb_core.schema.normalization import normalize_log1p
 from czb_core.tokenizer_lab.fc import chromosome_map
 from czb_core.tokenizer_lab.fe import build_fe
 from czb_core.tokenizer_lab.fg import FrozenFg, IdentityFg, build_fg
 from czb_core.tokenizer_lab.model import TokenizedClassifier
 from czb_core.tokenizer_lab.sentences import SentenceMaker, TokenizerSpec, nonzero_medians
 from czb_core.tokenizer_lab.train import RunResult, TrainConfig, train_run
+from czb_core.types import Organism
 
-SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_symbol", "gene_name")
-ID_COLUMNS = ("feature_id", "gene_ids", "gene_id", "ensembl_id")
+LAB_TARGET_SUM = 1e4  # normalize_total target of every tokenizer
 SPLITS = ("train", "val", "test")
 
 
@@ -52,30 +61,9 @@ class LabData:
     splits: dict[str, np.ndarray]
     gene_ids: np.ndarray
     symbols: np.ndarray
-    organism: object = None
+    organism: Optional[Organism] = None  # set, or decided by the gene names
+    organism_reason: str = ""  # what the gene names say of the species: why, when they did not decide it
     warnings: list[str] = field(default_factory=list)
-
-
-def normalise_log1p(x_ng) -> sp.csr_matrix:
-    """normalize_total(target_sum=1e4) then log1p; empty cells stay zero."""
-    x_ng = sp.csr_matrix(x_ng, dtype=np.float32, copy=True)
-    totals_n = np.asarray(x_ng.sum(axis=1)).ravel()
-    scale_n = np.divide(1e4, totals_n, out=np.zeros_like(totals_n), where=totals_n > 0)
-    x_ng = sp.csr_matrix(sp.diags(scale_n.astype(np.float32)) @ x_ng)
-    x_ng.data = np.log1p(x_ng.data)
-    x_ng.eliminate_zeros()
-    return x_ng
-
-
-def gene_names(var: pd.DataFrame, var_names: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """(gene ids, symbols): ids from var_names when they are ids, else an id column; symbols likewise."""
-    from czb_core.schema.gene_references import looks_like_gene_id
-
-    names = np.asarray(var_names, dtype=str)
-    names_are_ids = looks_like_gene_id(names).mean() > 0.5 if len(names) else False
-    ids = names if names_are_ids else next((var[c].astype(str).to_numpy() for c in ID_COLUMNS if c in var), names)
-    symbols = next((var[c].astype(str).to_numpy() for c in SYMBOL_COLUMNS if c in var), names)
-    return ids, symbols
 
 
 def _part_rows(values: pd.Series, wanted: tuple[str, ...], part: str, split_key: str) -> np.ndarray:
@@ -99,9 +87,20 @@ def split_problems(split: LabSplit) -> list[str]:
     return problems
 
 
-def prepare_lab_data(adata, split: LabSplit, organism=None) -> LabData:
-    """Check the columns and parts, keep the cells of the three parts, normalise, code the labels."""
-    obs = adata.obs
+def lab_data_manager(adata: ad.AnnData, organism: Optional[Organism] = None) -> DataManager:
+    """The data manager of a loaded dataset, bound to it; refuses one without raw counts, since the lab
+    normalises counts itself and normalising already-normalised values again would train on neither."""
+    manager = DataManager(header_from_anndata(adata), DataNeeds(raw_counts=True), organism).bind(adata)
+    if manager.counts_location is None:
+        raise InputError("the tokenizer lab needs raw integer counts: X holds non-integer or negative values and "
+                         "neither layers['counts'] nor raw.X holds counts")
+    return manager
+
+
+def prepare_lab_data(adata: ad.AnnData, split: LabSplit, organism: Optional[Organism] = None) -> LabData:
+    """Check the columns and parts, keep the cells of the three parts, normalise their counts, code the labels."""
+    manager = lab_data_manager(adata, organism)
+    obs = manager.obs
     for key in (split.label_key, split.split_key):
         if key not in obs:
             raise InputError(f"obs has no column {key!r}; columns: {', '.join(map(str, obs.columns))}")
@@ -124,22 +123,19 @@ def prepare_lab_data(adata, split: LabSplit, organism=None) -> LabData:
     train_classes = set(labels[splits["train"]])
     unseen = sorted(set(labels[np.concatenate([splits["val"], splits["test"]])]) - train_classes)
     warnings = [f"classes absent from training can never be predicted: {', '.join(unseen)}"] if unseen else []
-    x = adata.X[keep]
-    ids, symbols = gene_names(adata.var, adata.var_names)
-    return LabData(normalise_log1p(x), np.array([codes[v] for v in labels], dtype=np.int64), classes, splits,
-                   ids, symbols, organism, warnings)
+    if manager.organism_check is not None and manager.organism_check.contradicts:
+        warnings.append(manager.organism_check.message)
+    return LabData(normalize_log1p(manager.counts(keep), LAB_TARGET_SUM),
+                   np.array([codes[v] for v in labels], dtype=np.int64), classes, splits,
+                   manager.genes_in("ensembl"), manager.genes_in("symbol"), manager.organism,
+                   manager.detection.reason, warnings)
 
 
-def detect_organism(data: LabData):
-    """The dataset's organism from its gene names, or a clear error asking for --organism."""
-    from czb_core.schema.species import detect_species
-
-    detection = detect_species(data.gene_ids)
-    if detection.organism is None:
-        detection = detect_species(data.symbols)
-    if detection.organism is None:
-        raise InputError(f"cannot tell the organism from the gene names ({detection.reason}); give it explicitly")
-    return detection.organism
+def lab_organism(data: LabData) -> Organism:
+    """The dataset's organism, for tokenizers that need one, or a clear error asking for it."""
+    if data.organism is None:
+        raise InputError(f"cannot tell the organism from the gene names ({data.organism_reason}); give it explicitly")
+    return data.organism
 
 
 @dataclass
@@ -197,12 +193,12 @@ class TokenizerSetup:
         self.spec = spec
         chroms = None
         if spec.fc.needs_chromosomes:
-            chroms = chromosome_map(data.gene_ids, data.symbols, data.organism or detect_organism(data))
+            chroms = chromosome_map(data.gene_ids, data.symbols, lab_organism(data))
             if chroms.known_g.mean() < 0.5:
                 raise InputError(f"{spec.name}: only {chroms.known_g.sum():,} of {len(chroms.known_g):,} genes have "
                                  "gene coordinates; chromosome order needs most of them")
         needs_organism = spec.fg.kind == "esm2" and not spec.fg.path
-        organism = data.organism or (detect_organism(data) if needs_organism else None)
+        organism = lab_organism(data) if needs_organism else data.organism
         fg, covered_g = build_fg(spec.fg, data.gene_ids, data.symbols, d_model, organism)
         self.frozen_fg = fg if isinstance(fg, FrozenFg) else None  # never trained, so runs may share it
         medians_g = nonzero_medians(data.x_ng[data.splits["train"]]) if spec.fc.median_normalise else None

@@ -1,9 +1,10 @@
 """The PCA baseline: normalize_total -> log1p -> highly variable genes -> PCA, on sparse counts.
 
-The matrix is never densified or copied whole: normalisation writes one float32 copy of the CSR values
-(sharing the index arrays), the Seurat-flavour HVG statistics are accumulated over row chunks (scanpy's
-own HVG copies the whole matrix to take expm1), only the HVG columns are sliced out, and PCA is scanpy's
-ARPACK solver with implicit centering. Results equal scanpy's pipeline (tests/test_pca.py).
+The matrix is never densified or copied whole: normalisation (`czb_core.schema.normalization`, to the
+median total, scanpy's default) writes one float32 copy of the CSR values (sharing the index arrays), the
+Seurat-flavour HVG statistics are accumulated over row chunks (scanpy's own HVG copies the whole matrix to
+take expm1), only the HVG columns are sliced out, and PCA is scanpy's ARPACK solver with implicit centering.
+Results equal scanpy's pipeline (tests/test_pca.py).
 """
 
 from __future__ import annotations
@@ -18,36 +19,9 @@ from czb_core.models.params import Param
 from czb_core.models.runner import RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
+from czb_core.schema.normalization import normalize_log1p
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType
-
-
-def normalize_log1p(x_ng: sp.csr_matrix, target_sum: float | None = None,
-                    chunk_rows: int = 20_000) -> sp.csr_matrix:
-    """Scale each cell to `target_sum` counts (default: median total of non-empty cells), then log1p.
-
-    Matches `sc.pp.normalize_total` + `sc.pp.log1p`; empty cells stay zero. Writes one float32 copy of
-    the values, scaled in row chunks so no per-value temporary of the whole matrix is made.
-    """
-    scale_n = scale_factors(np.asarray(x_ng.sum(axis=1)).ravel(), target_sum)
-    indptr = x_ng.indptr
-    data = x_ng.data.astype(np.float32, copy=True)
-    for lo in range(0, x_ng.shape[0], chunk_rows):
-        hi = min(lo + chunk_rows, x_ng.shape[0])
-        data[indptr[lo] : indptr[hi]] *= np.repeat(scale_n[lo:hi], np.diff(indptr[lo : hi + 1]))
-    np.log1p(data, out=data)
-    return sp.csr_matrix((data, x_ng.indices, indptr), shape=x_ng.shape)
-
-
-def scale_factors(total_n: np.ndarray, target_sum: float | None = None) -> np.ndarray:
-    """Per-cell factors (float32) to `target_sum` counts, default the median total of non-empty cells;
-    0 for an empty cell."""
-    total_n = np.asarray(total_n, dtype=np.float64)
-    if target_sum is None:
-        nonzero = total_n[total_n > 0]
-        target_sum = float(np.median(nonzero)) if nonzero.size else 1.0
-    scale_n = np.divide(target_sum, total_n, out=np.zeros_like(total_n), where=total_n > 0)
-    return scale_n.astype(np.float32)
 
 
 def seurat_hvg_mask(xlog_ng: sp.csr_matrix, n_top_genes: int, n_bins: int = 20,
@@ -108,7 +82,7 @@ def pca_baseline(
 
     cancel = cancel or CancelToken()
     progress("normalize", 0, 1)
-    xlog_ng = normalize_log1p(sp.csr_matrix(x_ng), chunk_rows=chunk_rows)
+    xlog_ng = normalize_log1p(x_ng, chunk_rows=chunk_rows)
     progress("normalize", 1, 1)
     cancel.check()
     progress("highly variable genes", 0, 1)

@@ -201,3 +201,31 @@ def test_effect_figures_name_the_most_changed_genes_and_show_the_correlation():
     assert "r = 1.000" in scatter.layout.title.text
     unseen = evaluate_prediction(truth_ng, genes, ["c0", "c1", "c2"], x_ng, genes, obs, {}, condition="Z")
     assert observed_vs_predicted_figure(unseen) is None
+
+
+def test_a_prediction_is_scored_on_the_counts_the_model_read_wherever_they_live(small_adata, write_h5ad):
+    """Counts in raw.X over more genes than X (X log-normalised, as in CELLxGENE files) score a prediction as the
+    same counts in X do: the DE table, keyed by the dataset's own gene names, is read on raw.X's genes."""
+    import anndata as ad
+
+    from czb_core.models.prediction import CONTROL_CELL_COLUMN, evaluate_prediction_run
+    from czb_core.models.registry import get_model
+    from tests.helpers.data import log_normalised
+
+    counts = small_adata[:80].copy()
+    counts.obs["condition"] = np.where(np.arange(80) < 50, "ctrl", "A+ctrl")
+    counts.uns[DE_TABLE_KEY] = pd.DataFrame({"condition": "A+ctrl", "gene_id": counts.var_names[:14],
+                                             "logfoldchange": np.tile([2.0, -2.0], 7), "pval_adj": 0.0})
+    shaped = log_normalised(counts)[:, 10:].copy()  # X lacks the first DE genes
+    shaped.raw = counts
+    symbols = counts.var["feature_name"].astype(str).to_numpy()[:30]
+    config = get_model("scgenept")
+    controls = pd.DataFrame({CONTROL_CELL_COLUMN: counts.obs_names[:6]}, index=[f"p{i}" for i in range(6)])
+    prediction = ad.AnnData(np.random.default_rng(0).random((6, 30)), obs=controls, var=pd.DataFrame(index=symbols))
+    params = {"perturbation": "A+ctrl", "control_key": "condition", "control_value": "ctrl"}
+    prediction.uns["czb_run"] = {"model": config.name, "variant": config.default_variant, "prediction_shape": [6, 30],
+                                 "params": params}
+    expected = evaluate_prediction_run(prediction, write_h5ad(counts)).metrics
+    got = evaluate_prediction_run(prediction, write_h5ad(shaped)).metrics
+    assert ("spearman_correlation_calculation", "targets") in set(zip(got["metric"], got["genes"]))
+    pd.testing.assert_frame_equal(got, expected)
