@@ -32,11 +32,11 @@ def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_ad
     small_adata.write_h5ad(path)
     dataset_id = upload(page, app_url, path)
     assert len(dataset_id) == 16 and dataset_id != sha256_file(path)  # the URL names a record, not content
-    assert page.get_by_text("Ensembl ids").first.is_visible()
+    page.get_by_text("Ensembl ids").first.wait_for()
 
     page.get_by_role("link", name="2. Validate").click()
     page.get_by_text("PCA baseline: 3 of 3 variants can run").wait_for()
-    assert page.get_by_text("Compatibility matrix: every variant × every check").is_visible()
+    page.get_by_text("Compatibility matrix: every variant × every check").wait_for()  # drawn after the verdicts
 
     page.get_by_role("link", name="3. Run").click()
     page.get_by_role("button", name="Run", exact=True).click()
