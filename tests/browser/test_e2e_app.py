@@ -36,7 +36,7 @@ def test_upload_validate_run_view_and_download(page, app_url, tmp_path, small_ad
 
     page.get_by_role("link", name="2. Validate").click()
     page.get_by_text("PCA baseline: 3 of 3 variants can run").wait_for()
-    page.get_by_text("Compatibility matrix: every variant × every check").wait_for()  # drawn after the verdicts
+    page.get_by_text("Compatibility matrix: every variant × every check").wait_for(timeout=RUN_TIMEOUT_MS)
 
     page.get_by_role("link", name="3. Run").click()
     page.get_by_role("button", name="Run", exact=True).click()
