@@ -8,7 +8,9 @@ page script.
 
 from __future__ import annotations
 
+import sys
 import warnings
+from types import ModuleType
 from typing import Optional
 
 import numpy as np
@@ -23,6 +25,33 @@ UMAP_FIT_MAX = 200_000  # above this many cells the layout is fitted on a seeded
 TRANSFORM_ROWS = 100_000  # cells placed per transform call, so its neighbour search stays bounded
 
 
+def import_umap() -> ModuleType:
+    """`umap`, with every jitted function of umap and pynndescent cached on disk.
+
+    The default is switched only while umap and pynndescent are imported for the first time (their
+    decorators run then), and restored afterwards; numba warns about the few functions it cannot cache."""
+    if "umap" in sys.modules:
+        return sys.modules["umap"]
+    import numba
+
+    plain_njit = numba.njit
+
+    def njit_cached(*args, **kwargs):
+        if len(args) == 1 and callable(args[0]) and not kwargs:  # bare @numba.njit
+            return plain_njit(cache=True)(args[0])
+        kwargs.setdefault("cache", True)
+        return plain_njit(*args, **kwargs)
+
+    numba.njit = njit_cached
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=Warning)
+            import umap
+    finally:
+        numba.njit = plain_njit
+    return umap
+
+
 def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5,
                  fit_max: int = UMAP_FIT_MAX, labels_n=None) -> np.ndarray:
     """`umap_n2` (float32) of `emb_nd`; fewer than 3 cells have no neighbourhood to lay out: an error.
@@ -35,8 +64,6 @@ def compute_umap(emb_nd: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_d
     n_cells = emb_nd.shape[0]
     if n_cells < 3:
         raise InputError(f"a UMAP needs at least 3 cells; this run has {n_cells}")
-    from czb_core.viz.warmup import import_umap
-
     umap = import_umap()  # numba compiles (or loads its disk cache) on first import: not at module import
     emb_nd = np.asarray(emb_nd, dtype=np.float32)
     if n_cells <= fit_max:

@@ -2,9 +2,9 @@
 
 umap-learn and pynndescent declare most of their functions with plain `numba.njit()`, without
 `cache=True`, so every new process (each job worker, each CLI run) compiled them again: tens of seconds
-before the first UMAP of a fresh server. `import_umap` imports umap with numba's `njit` defaulting to
-`cache=True`, so the compiled code lands next to umap's sources (or in `NUMBA_CACHE_DIR`) and later
-processes load it in about a second. A function numba cannot cache (pynndescent's `nn_descent` uses dynamic
+before the first UMAP of a fresh server. `import_umap` (in `czb_core.viz.umap`) imports umap with numba's
+`njit` defaulting to `cache=True`, so the compiled code lands next to umap's sources (or in
+`NUMBA_CACHE_DIR`) and later processes load it in about a second. A function numba cannot cache (pynndescent's `nn_descent` uses dynamic
 globals) still compiles per process; it only runs above 4,096 cells, where the UMAP itself takes longer.
 
 `warm_up` runs a UMAP on a small random embedding through `compute_umap`, the path every job takes, so the
@@ -17,47 +17,18 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
+
+from czb_core.viz.umap import compute_umap, import_umap
 
 WARMUP_CELLS = 300  # below umap's exact-neighbour threshold, as the demo and most quick runs are
 WARMUP_DIMS = 10
 
 
-def import_umap() -> ModuleType:
-    """`umap`, with every jitted function of umap and pynndescent cached on disk.
-
-    The default is switched only while umap and pynndescent are imported for the first time (their
-    decorators run then), and restored afterwards; numba warns about the few functions it cannot cache."""
-    if "umap" in sys.modules:
-        return sys.modules["umap"]
-    import numba
-
-    plain_njit = numba.njit
-
-    def njit_cached(*args, **kwargs):
-        if len(args) == 1 and callable(args[0]) and not kwargs:  # bare @numba.njit
-            return plain_njit(cache=True)(args[0])
-        kwargs.setdefault("cache", True)
-        return plain_njit(*args, **kwargs)
-
-    numba.njit = njit_cached
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=Warning)
-            import umap
-    finally:
-        numba.njit = plain_njit
-    return umap
-
-
 def warm_up(seed: int = 0) -> float:
     """Compile (or load from the disk cache) what a job's UMAP runs; returns the seconds it took."""
-    from czb_core.viz.umap import compute_umap
-
     started = time.perf_counter()
     import_umap()
     emb_nd = np.random.default_rng(seed).normal(size=(WARMUP_CELLS, WARMUP_DIMS)).astype(np.float32)
