@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from czb_core.errors import ConfigError
+from czb_core.models.inference import PRECISION_HELP, PRECISIONS
 
 
 def parse_bool(value: Any) -> bool:
@@ -126,6 +127,11 @@ def common_params(default_batch_size: int) -> tuple[Param, ...]:
         Param("batch_size", "int", default_batch_size,
               "cells per batch; a CUDA out-of-memory error halves it and retries", label="Batch size", minimum=1),
     )
+
+
+def precision_param(default: str = "auto") -> Param:
+    """The one precision parameter of every model that runs a network (the engine decides what it means)."""
+    return Param("precision", "str", default, PRECISION_HELP, label="Precision", choices=PRECISIONS)
 
 
 class ParamSchema:

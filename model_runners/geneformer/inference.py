@@ -8,19 +8,20 @@ layers after the one read, so `CellEncoder` keeps the BERT encoder cut to `n_lay
 `emb_layer=0`, and never holds every layer's hidden states. Attention is SDPA; on CUDA matmuls run
 under bf16 autocast (`precision="auto"`), on the CPU in fp32.
 
-Cells are sorted by length, longest first (an out-of-memory error shows on the first batch, not after
-an hour), padded only to the longest cell of their batch, and returned in input order.
+The engine (`czb_core.models.inference`) runs the batches: longest cell first (an out-of-memory error
+shows on the first batch, not after an hour), each padded only to its own longest cell, under the run's
+precision, with outputs back in input order.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from czb_core.errors import ConfigError, WeightsError
+from czb_core.models.inference import Batched, autocast_dtype, longest_first, memory_batch_size, run_batches
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 
 if TYPE_CHECKING:  # an annotation only: the tokenizer module needs numba, which a bare GPU python lacks
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # an annotation only: the tokenizer module needs numba, which
 
 CPU_BATCH_SIZE = 16
 MAX_AUTO_BATCH = 256
-GPU_MEMORY_SHARE = 0.5  # of the free memory, for activations; the rest covers allocator slack and other work
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -89,7 +89,7 @@ class CellEncoder:
         n_layers = self.config.num_hidden_layers
         self.bert.encoder.layer = self.bert.encoder.layer[: n_layers - 1 if emb_layer == -1 else n_layers]
         self.bert.to(self.device)
-        self.autocast_dtype = _autocast_dtype(precision, self.device.type)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
 
     @property
     def hidden_size(self) -> int:
@@ -104,14 +104,9 @@ class CellEncoder:
         L^2 bytes for the boolean attention mask, and the batch gets `GPU_MEMORY_SHARE` of the free
         memory, capped at `MAX_AUTO_BATCH`. Batches of shorter cells reuse the same count.
         """
-        import torch
-
-        if self.device.type != "cuda":
-            return CPU_BATCH_SIZE
-        free_bytes, _ = torch.cuda.mem_get_info(self.device)
         per_token = 4 * (self.config.intermediate_size + 8 * self.config.hidden_size)
-        per_cell = longest * per_token + longest**2
-        return int(min(MAX_AUTO_BATCH, max(1, GPU_MEMORY_SHARE * free_bytes // per_cell)))
+        return memory_batch_size(self.device, longest * per_token + longest**2, cpu_batch=CPU_BATCH_SIZE,
+                                 max_batch=MAX_AUTO_BATCH)
 
     def embed(
         self,
@@ -125,60 +120,35 @@ class CellEncoder:
         progress: ProgressCallback = no_progress,
         cancel: Optional[CancelToken] = None,
         step: str = "embed",
-    ) -> np.ndarray:
-        """`emb_nd` (float32, input order) of `cells`.
+    ) -> Batched:
+        """`emb_nd` (float32, input order) of `cells`, and the batch size the run ended with.
 
         `mode="cls"` reads position 0 (the `<cls>` token); `mode="cell"` averages the attended gene
         positions (padding and genes mapped to `<pad>` excluded, and `<cls>`/`<eos>` when the variant
-        has them). A CUDA out-of-memory error is raised as it is: the job layer retries smaller.
+        has them).
         """
         import torch
 
         if mode == "cls" and not has_cls:
             raise ConfigError("emb_mode=cls needs a <cls> token, which this variant has not; use emb_mode=cell")
-        n_cells = len(cells)
-        order = np.argsort(-cells.lengths, kind="stable")
-        batch_size = batch_size or self.auto_batch_size(int(cells.lengths.max()) if n_cells else 1)
-        emb_nd = np.zeros((n_cells, self.hidden_size), dtype=np.float32)
-        progress(step, 0, n_cells)
-        for start in range(0, n_cells, batch_size):
-            if cancel is not None:
-                cancel.check()
-            rows = order[start : start + batch_size]
-            tokens_bl, lengths_b = cells.padded(rows, pad_token)
+        if batch_size is None:
+            batch_size = self.auto_batch_size(int(cells.lengths.max()) if len(cells) else 1)
+
+        def forward(rows_b: np.ndarray):
+            tokens_bl, lengths_b = cells.padded(rows_b, pad_token)
             tokens_bl = torch.from_numpy(tokens_bl).to(self.device)
             lengths_b = torch.from_numpy(lengths_b).to(self.device)
             position_l = torch.arange(tokens_bl.shape[1], device=self.device)
             attended_bl = (position_l < lengths_b[:, None]) & (tokens_bl != pad_token)
-            with torch.inference_mode(), self._autocast():
-                hidden_bld = self.bert(input_ids=tokens_bl, attention_mask=attended_bl.long()).last_hidden_state
-            hidden_bld = hidden_bld.float()
+            hidden_bld = self.bert(input_ids=tokens_bl, attention_mask=attended_bl.long()).last_hidden_state.float()
             if mode == "cls":
-                emb_bd = hidden_bld[:, 0]
-            else:
-                pooled_bl = attended_bl & (position_l >= int(has_cls))
-                if has_eos:
-                    pooled_bl &= position_l < (lengths_b[:, None] - 1)
-                weights_bl = pooled_bl.float()
-                emb_bd = (hidden_bld * weights_bl[..., None]).sum(1) / weights_bl.sum(1, keepdim=True)
-            emb_nd[rows] = emb_bd.cpu().numpy()
-            progress(step, min(start + batch_size, n_cells), n_cells)
-        return emb_nd
+                return hidden_bld[:, 0]
+            pooled_bl = attended_bl & (position_l >= int(has_cls))
+            if has_eos:
+                pooled_bl &= position_l < (lengths_b[:, None] - 1)
+            weights_bl = pooled_bl.float()
+            return (hidden_bld * weights_bl[..., None]).sum(1) / weights_bl.sum(1, keepdim=True)
 
-    def _autocast(self):
-        import torch
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-
-def _autocast_dtype(precision: str, device_type: str):
-    """None for fp32; bf16 for `bf16`, and for `auto` on CUDA."""
-    import torch
-
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return torch.bfloat16
-    return None
+        return run_batches(forward, [longest_first(cells.lengths)], batch_size, device=self.device,
+                           dtype=self.autocast_dtype, progress=progress, cancel=cancel, step=step,
+                           empty=[(self.hidden_size,)])

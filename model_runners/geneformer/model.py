@@ -23,7 +23,7 @@ import numpy as np
 
 from czb_core.errors import ConfigError
 from czb_core.models.base import BaseModelImplementation
-from czb_core.models.params import Param
+from czb_core.models.params import Param, precision_param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.report import Severity
@@ -93,8 +93,7 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
               label="Embedding", choices=("cls", "cell")),
         Param("emb_layer", "int", -1, "-1: the second-to-last layer (the authors' default); 0: the last layer",
               label="Layer", choices=(-1, 0)),
-        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU", label="Precision",
-              choices=("auto", "fp32", "bf16")),
+        precision_param(),
         Param("feature_deletion", "list", (), "genes deleted before ranking (in-silico perturbation), "
               "comma-separated ids or symbols", label="Delete genes"),
         Param("feature_activation", "list", (), "genes moved to the top ranks, in order, comma-separated",
@@ -177,11 +176,13 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
         )
 
     def _embed(self, cells: TokenizedCells, spec: TokenizerSpec, progress, cancel, step: str) -> np.ndarray:
-        return self.model.embed(
+        batched = self.model.embed(
             cells, mode=self.args.emb_mode, pad_token=spec.pad_token, has_cls=spec.cls_token is not None,
             has_eos=spec.eos_token is not None, batch_size=self.batch_size_used, progress=progress,
             cancel=cancel, step=step,
         )
+        self.batch_size_used = batched.batch_size
+        return batched.outputs[0]
 
     @staticmethod
     def _refuse_all_padding(cells: TokenizedCells, spec: TokenizerSpec) -> None:

@@ -9,8 +9,8 @@ mix-up would otherwise run with the wrong embeddings.
 
 Prediction follows the authors' `pred_perturb_from_ctrl`: each sampled control cell's expression over
 the whole gene axis (no zero dropping, no truncation), the same perturbation flags for every cell, one
-forward pass; here cells go through in batches (all sequences have the gene axis' length, so there is
-no padding) under the chosen autocast precision.
+forward pass; here cells go through the engine's batches (`czb_core.models.inference`; all sequences
+have the gene axis' length, so there is no padding) under the run's precision.
 
 Imports torch, not anndata: the GPU suite imports this module.
 """
@@ -25,10 +25,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from czb_core.errors import ConfigError, WeightsError
+from czb_core.errors import WeightsError
+from czb_core.models.inference import Batched, autocast_dtype, run_batches
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from model_runners.scgpt.encoder import checkpoint_keys
-from model_runners.scgpt.inference import _autocast, _autocast_dtype, read_state_dict
+from model_runners.scgpt.inference import read_state_dict
 from model_runners.scgenept.network import GENEPT_ENCODER, GO_ENCODER_PREFIX, ScGenePT
 
 CPU_BATCH_SIZE = 4
@@ -98,29 +99,22 @@ def load_network(folder: Path, n_heads: int, text_encoders: Sequence[str], devic
 
 def predict(model: LoadedScGenePT, values_ng: np.ndarray, tokens_g: np.ndarray, flags_g: np.ndarray, *,
             batch_size: Optional[int] = None, precision: str = "auto", progress: ProgressCallback = no_progress,
-            cancel: Optional[CancelToken] = None, step: str = "predict") -> np.ndarray:
-    """`pred_ng` (float32): each row's predicted expression under the perturbation `flags_g` (0/1 per gene)."""
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+            cancel: Optional[CancelToken] = None, step: str = "predict") -> Batched:
+    """`pred_ng` (float32): each row's predicted expression under the perturbation `flags_g` (0/1 per gene),
+    and the batch size the run ended with."""
     if not (values_ng.shape[1] == len(tokens_g) == len(flags_g)):
         raise ValueError("values, tokens and flags must cover the same genes")
     if len(tokens_g) and (tokens_g.min() < 0 or tokens_g.max() >= model.vocab_size):
         raise ValueError("every gene needs a token of the checkpoint's vocabulary")
-    dtype = _autocast_dtype(precision, model.device.type)
-    batch_size = batch_size or CPU_BATCH_SIZE
-    n_cells = len(values_ng)
-    pred_ng = np.zeros(values_ng.shape, dtype=np.float32)
+    dtype = autocast_dtype(precision, model.device)
     genes_1l = torch.as_tensor(tokens_g, dtype=torch.long, device=model.device)[None]
     flags_1l = torch.as_tensor(flags_g, dtype=torch.long, device=model.device)[None]
-    progress(step, 0, n_cells)
-    for start in range(0, n_cells, batch_size):
-        if cancel is not None:
-            cancel.check()
-        stop = min(start + batch_size, n_cells)
-        values_bl = torch.as_tensor(values_ng[start:stop], dtype=torch.float32, device=model.device)
-        b = stop - start
-        with torch.inference_mode(), _autocast(model.device.type, dtype):
-            pred_bl = model.network(genes_1l.expand(b, -1), values_bl, flags_1l.expand(b, -1))
-        pred_ng[start:stop] = pred_bl.float().cpu().numpy()
-        progress(step, stop, n_cells)
-    return pred_ng
+
+    def forward(rows_b: np.ndarray):
+        values_bl = torch.as_tensor(values_ng[rows_b], dtype=torch.float32, device=model.device)
+        b = len(rows_b)
+        return model.network(genes_1l.expand(b, -1), values_bl, flags_1l.expand(b, -1))
+
+    return run_batches(forward, [np.arange(len(values_ng))], CPU_BATCH_SIZE if batch_size is None else batch_size,
+                       device=model.device, dtype=dtype, progress=progress, cancel=cancel, step=step,
+                       empty=[(len(tokens_g),)])

@@ -23,7 +23,7 @@ import numpy as np
 
 from czb_core.errors import ConfigError
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
-from czb_core.models.params import Param
+from czb_core.models.params import Param, precision_param
 from czb_core.models.prediction import CONTROL_CELL_COLUMN
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager, DataNeeds
@@ -35,7 +35,6 @@ from model_runners.scgenept.perturbation import (
     CONTROL, flags_of, parse_perturbation, read_training_conditions, trained_genes, unknown_genes_message,
 )
 from model_runners.scgpt.files import Vocab, load_vocab
-from model_runners.scgpt.inference import PRECISIONS
 
 VOCAB = "vocab"
 TRAINING_DATA = "training_data"
@@ -144,8 +143,7 @@ class Scgenept(ScgeneptValidator, BaseModelImplementation):
         Param("control_value", "str", "ctrl", "label of the control cells in that column", label="Control label"),
         Param("n_cells", "int", 300, "control cells sampled (with replacement, seeded) to predict from",
               label="Cells sampled", minimum=1),
-        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU; fp16 needs a GPU",
-              label="Precision", choices=PRECISIONS),
+        precision_param(),
     )
     default_batch_size = 8
     RESOURCES = ("text_encoders", "n_heads", "training_dataset")
@@ -192,9 +190,10 @@ class Scgenept(ScgeneptValidator, BaseModelImplementation):
         from model_runners.scgenept.inference import predict
 
         self.batch_size_used = batch_size or self.default_batch_size
-        pred_ng = predict(self.model, inputs.values_ng, inputs.tokens_g, inputs.flags_g,
+        batched = predict(self.model, inputs.values_ng, inputs.tokens_g, inputs.flags_g,
                           batch_size=self.batch_size_used, precision=self.args.precision, progress=progress,
                           cancel=cancel)
+        self.batch_size_used, pred_ng = batched.batch_size, batched.outputs[0]
         return RunOutput(pred_ng=pred_ng, genes_g=inputs.genes_g, obs={CONTROL_CELL_COLUMN: inputs.cell_names_n},
                          facts=self.prediction_facts(inputs, pred_ng))
 

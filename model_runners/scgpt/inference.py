@@ -6,9 +6,9 @@
 and leaves them random, which gives plausible-looking but meaningless embeddings, so here any gap is a
 `WeightsError` naming the keys.
 
-Cells are sorted by length, longest first (an out-of-memory error shows on the first batch, not after an
-hour), padded only to the longest cell of their batch, and returned in input order. Attention is SDPA;
-on CUDA the matmuls run under bf16 autocast (`precision="auto"`; fp16 on request), on the CPU in fp32.
+The engine (`czb_core.models.inference`) runs the batches: longest cell first (an out-of-memory error
+shows on the first batch, not after an hour), each padded only to its own longest cell, under the run's
+precision, with outputs back in input order. Attention is SDPA.
 
 The cell embedding is the last layer's output at `<cls>` (`mode="cls"`, the authors' and cz-benchmarks'
 choice) or the mean over the gene positions (`mode="mean"`, `<cls>` and padding excluded); either is
@@ -19,7 +19,6 @@ torch is imported inside the functions, so importing this module costs nothing u
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,14 @@ from typing import Any, Optional
 import numpy as np
 
 from czb_core.errors import ConfigError, InputError, WeightsError
+from czb_core.models.inference import Batched, autocast_dtype, longest_first, memory_batch_size, run_batches
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from model_runners.scgpt.cells import TokenizedCells
 from model_runners.scgpt.files import CHECKPOINT_FILES, WEIGHTS_FILE, ScgptArgs, Vocab, load_args, load_vocab
 
 CPU_BATCH_SIZE = 16
 MAX_AUTO_BATCH = 256
-GPU_MEMORY_SHARE = 0.5  # of the free memory, for activations; the rest covers allocator slack and other work
 EMBEDDING_MODES = ("cls", "mean")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -112,7 +110,7 @@ def encoder_tensors(state: dict, encoder, folder: Path) -> dict:
 
 
 def auto_batch_size(model: ScgptModel, longest: int) -> int:
-    """Cells per batch: `CPU_BATCH_SIZE` on the CPU; on CUDA, what `GPU_MEMORY_SHARE` of the free memory holds.
+    """Cells per batch: `CPU_BATCH_SIZE` on the CPU; on CUDA, what the engine's share of the free memory holds.
 
     Rule: a token costs about `4 * (d_hid + 8 * embsize)` bytes of live activations inside one layer
     (feed-forward, q/k/v, attention output, residual and norm copies, in fp32: an upper bound under
@@ -120,14 +118,9 @@ def auto_batch_size(model: ScgptModel, longest: int) -> int:
     score matrix of an attention kernel that materialises it. Capped at `MAX_AUTO_BATCH`; batches of
     shorter cells reuse the count.
     """
-    import torch
-
-    if model.device.type != "cuda":
-        return CPU_BATCH_SIZE
-    free_bytes, _ = torch.cuda.mem_get_info(model.device)
     per_token = 4 * (model.args.d_hid + 8 * model.args.embsize)
-    per_cell = longest * per_token + 4 * model.args.nheads * longest**2
-    return int(min(MAX_AUTO_BATCH, max(1, GPU_MEMORY_SHARE * free_bytes // per_cell)))
+    return memory_batch_size(model.device, longest * per_token + 4 * model.args.nheads * longest**2,
+                             cpu_batch=CPU_BATCH_SIZE, max_batch=MAX_AUTO_BATCH)
 
 
 def embed(
@@ -141,45 +134,34 @@ def embed(
     progress: ProgressCallback = no_progress,
     cancel: Optional[CancelToken] = None,
     step: str = "embed",
-) -> np.ndarray:
-    """`emb_nd` (float32, input order, `embsize` wide) of `cells`.
+) -> Batched:
+    """`emb_nd` (float32, input order, `embsize` wide) of `cells`, through the engine (longest cell first,
+    precision, progress in cells, cancel between batches, the out-of-memory retry).
 
-    Progress is reported in cells, and `cancel` is checked between batches. A cell without any gene is
-    refused (it would be `<cls>` alone). A CUDA out-of-memory error is raised as it is: the job layer
-    retries smaller.
+    A cell without any gene is refused (it would be `<cls>` alone).
     """
     import torch
 
     if mode not in EMBEDDING_MODES:
         raise ConfigError(f"emb_mode must be one of {', '.join(EMBEDDING_MODES)}, got {mode!r}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    autocast_dtype = _autocast_dtype(precision, model.device.type)
+    dtype = autocast_dtype(precision, model.device)
     empty = np.flatnonzero(cells.n_genes == 0)
     if len(empty):
         raise InputError(f"{len(empty):,} of {len(cells):,} cells (e.g. row {empty[0]}) have no gene in scGPT's "
                          "vocabulary and cannot be embedded; filter them out first")
-    n_cells = len(cells)
-    emb_nd = np.zeros((n_cells, model.args.embsize), dtype=np.float32)
-    order = np.argsort(-cells.lengths, kind="stable")
-    batch_size = batch_size or auto_batch_size(model, int(cells.lengths.max()) if n_cells else 1)
-    progress(step, 0, n_cells)
-    for start in range(0, n_cells, batch_size):
-        if cancel is not None:
-            cancel.check()
-        rows = order[start : start + batch_size]
-        genes_bl, values_bl, _ = cells.padded(rows, model.vocab.pad_id, model.args.pad_value)
+    if batch_size is None:
+        batch_size = auto_batch_size(model, int(cells.lengths.max()) if len(cells) else 1)
+
+    def forward(rows_b: np.ndarray):
+        genes_bl, values_bl, _ = cells.padded(rows_b, model.vocab.pad_id, model.args.pad_value)
         genes_bl = torch.from_numpy(genes_bl).to(model.device)
         values_bl = torch.from_numpy(values_bl).to(model.device)
         attend_bl = genes_bl != model.vocab.pad_id
-        with torch.inference_mode(), _autocast(model.device.type, autocast_dtype):
-            hidden_bld = model.encoder(genes_bl, values_bl, attend_bl)
-        emb_bd = pool(hidden_bld.float(), attend_bl, mode)
-        if normalize:
-            emb_bd = torch.nn.functional.normalize(emb_bd, dim=1)
-        emb_nd[rows] = emb_bd.cpu().numpy()
-        progress(step, min(start + batch_size, n_cells), n_cells)
-    return emb_nd
+        emb_bd = pool(model.encoder(genes_bl, values_bl, attend_bl).float(), attend_bl, mode)
+        return torch.nn.functional.normalize(emb_bd, dim=1) if normalize else emb_bd
+
+    return run_batches(forward, [longest_first(cells.lengths)], batch_size, device=model.device, dtype=dtype,
+                       progress=progress, cancel=cancel, step=step, empty=[(model.args.embsize,)])
 
 
 def pool(hidden_bld, attend_bl, mode: str):
@@ -190,26 +172,3 @@ def pool(hidden_bld, attend_bl, mode: str):
     genes_bl[:, 0] = False
     weights_bl = genes_bl.float()
     return (hidden_bld * weights_bl[..., None]).sum(1) / weights_bl.sum(1, keepdim=True)
-
-
-def _autocast_dtype(precision: str, device_type: str):
-    """None for fp32; bf16 for `bf16` and for `auto` on CUDA; fp16 (CUDA only) for `fp16`."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16":
-        if device_type != "cuda":
-            raise ConfigError("precision fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
-        return torch.float16
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def _autocast(device_type: str, dtype):
-    import torch
-
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)

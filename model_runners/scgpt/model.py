@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
-from czb_core.models.params import Param
+from czb_core.models.params import Param, precision_param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import SYMBOL_COLUMNS, DataManager
 from czb_core.schema.report import ValidationReport
@@ -28,7 +28,7 @@ from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.scgpt.cells import TokenizedCells
 from model_runners.scgpt.files import Vocab, load_args, load_vocab
-from model_runners.scgpt.inference import EMBEDDING_MODES, PRECISIONS, auto_batch_size, embed, load_model
+from model_runners.scgpt.inference import EMBEDDING_MODES, auto_batch_size, embed, load_model
 from model_runners.scgpt.tokenizer import tokenize
 
 NO_GENES_FIX = (
@@ -81,8 +81,7 @@ class Scgpt(ScgptValidator, BaseModelImplementation):
     params = (
         Param("emb_mode", "str", "cls", "cls: the output at <cls> (the authors' and cz-benchmarks' choice); "
               "mean: the average over the cell's gene positions", label="Embedding", choices=EMBEDDING_MODES),
-        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU; fp16 needs a GPU",
-              label="Precision", choices=PRECISIONS),
+        precision_param(),
     )
     default_batch_size = None  # from the free GPU memory, 16 on the CPU (see inference.auto_batch_size)
     embeds_cells_apart = True  # a cell's binning and tie draws are its own (seeded by its input row)
@@ -98,8 +97,9 @@ class Scgpt(ScgptValidator, BaseModelImplementation):
 
     def embed(self, inputs: TokenizedCells, batch_size, progress, cancel) -> RunOutput:
         self.batch_size_used = batch_size or auto_batch_size(self.model, int(inputs.lengths.max(initial=1)))
-        emb_nd = embed(self.model, inputs, mode=self.args.emb_mode, batch_size=self.batch_size_used,
-                       precision=self.args.precision, progress=progress, cancel=cancel)
+        batched = embed(self.model, inputs, mode=self.args.emb_mode, batch_size=self.batch_size_used,
+                        precision=self.args.precision, progress=progress, cancel=cancel)
+        self.batch_size_used, emb_nd = batched.batch_size, batched.outputs[0]
         max_genes = self.model.args.max_seq_len - 1
         facts = {
             "tokenizer seed": inputs.seed,

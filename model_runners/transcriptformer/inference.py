@@ -5,22 +5,21 @@ output needs and which for TF-Metazoa is larger than the rest, is never copied) 
 tensor of the network with the right shape; anything else is refused. The frozen gene table comes
 from the state dict, as `load_state_dict` gives it to the authors' model.
 
-Cells are sorted by length, longest first (an out-of-memory error shows on the first batch), padded
-to the batch's longest cell plus one position (at most `seq_len`; always `seq_len` for compiled
-FlexAttention), and returned in input order. On
-CUDA, matrix products run under bf16 autocast (`precision="auto"`) and attention is FlexAttention,
-compiled; on the CPU fp32 and the eager attention (see `default_attention`).
+The engine (`czb_core.models.inference`) runs the batches: longest cell first (an out-of-memory error
+shows on the first batch), each padded to its longest cell plus one position (at most `seq_len`; always
+`seq_len` for compiled FlexAttention), under the run's precision, with outputs back in input order. On
+CUDA attention is FlexAttention, compiled; on the CPU the eager attention (see `default_attention`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from czb_core.errors import ConfigError, WeightsError
+from czb_core.models.inference import autocast_dtype, longest_first, memory_batch_size, run_batches
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from model_runners.transcriptformer.cells import TokenizedCells
 from model_runners.transcriptformer.network import NetSpec, TranscriptformerNet
@@ -30,7 +29,6 @@ if TYPE_CHECKING:  # files reads czb_core.types, which imports anndata: absent o
 
 CPU_BATCH_SIZE = 4
 MAX_AUTO_BATCH = 64
-GPU_MEMORY_SHARE = 0.5
 IGNORED_PREFIXES = ("gene_id_head.",)  # trained for the gene-id loss; no cell output reads it
 
 
@@ -85,6 +83,7 @@ def load_network(checkpoint: Checkpoint) -> TranscriptformerNet:
 class CellOutputs:
     emb_nd: np.ndarray  # float32 cell embeddings, input order
     nll_n: np.ndarray  # float32 mean zero-truncated Poisson NLL per cell (the authors' `llh`)
+    batch_size: int  # the batch size the run ended with (smaller than asked after an out-of-memory retry)
 
 
 class CellEncoder:
@@ -96,7 +95,7 @@ class CellEncoder:
         self.device = torch.device(device)
         self.net = net.to(self.device)
         self.spec = net.spec
-        self.autocast_dtype = autocast_dtype(precision, self.device.type)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         self.attention = default_attention(self.device.type) if attention == "auto" else attention
         if self.attention not in ("flex", "eager"):
             raise ConfigError(f"attention must be auto, flex or eager, got {attention!r}")
@@ -111,17 +110,12 @@ class CellEncoder:
         activations in a layer (FFN intermediate, q/k/v/o, residual and norm copies, fp32 upper bound)
         plus, for eager attention, `4 * heads * L^2` bytes of scores (FlexAttention never holds them).
         """
-        import torch
-
-        if self.device.type != "cuda":
-            return CPU_BATCH_SIZE
         s = self.spec
         length = s.seq_len + len(s.aux_sizes)
         per_cell = 4 * length * (s.model_dim + 10 * s.embed_dim)
         if self.attention == "eager":
             per_cell += 4 * s.num_heads * length**2
-        free_bytes, _ = torch.cuda.mem_get_info(self.device)
-        return int(min(MAX_AUTO_BATCH, max(1, GPU_MEMORY_SHARE * free_bytes // per_cell)))
+        return memory_batch_size(self.device, per_cell, cpu_batch=CPU_BATCH_SIZE, max_batch=MAX_AUTO_BATCH)
 
     def run(self, cells: TokenizedCells, clip_counts: float, batch_size: Optional[int] = None,
             progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None,
@@ -130,54 +124,31 @@ class CellEncoder:
         as they come (a batch's full outputs are cells x width x dims: too big to keep for a dataset)."""
         import torch
 
-        n_cells = len(cells)
-        batch_size = batch_size or self.auto_batch_size()
-        order = np.argsort(-cells.lengths, kind="stable")
-        emb_nd = np.zeros((n_cells, self.spec.embed_dim), dtype=np.float32)
-        nll_n = np.zeros(n_cells, dtype=np.float32)
-        progress(step, 0, n_cells)
-        for start in range(0, n_cells, batch_size):
-            if cancel is not None:
-                cancel.check()
-            rows = order[start:start + batch_size]
+        if batch_size is None:
+            batch_size = self.auto_batch_size()
+
+        def forward(rows_b: np.ndarray):
             width = self.spec.seq_len
             if not self.fixed_width:
-                width = int(min(width, cells.lengths[rows].max() + 1))
-            tokens_bw, counts_bw = cells.padded(rows, width, self.spec.pad_id)
-            with torch.inference_mode(), self._autocast():
-                out = self.net(torch.from_numpy(tokens_bw).to(self.device), torch.from_numpy(counts_bw).to(self.device),
-                               torch.from_numpy(cells.aux_na[rows]).to(self.device), clip_counts,
-                               attention=self.attention, keep_gene_outputs=gene_outputs is not None)
-            emb_nd[rows] = out.emb_bd.cpu().numpy()
-            nll_n[rows] = out.nll_b.cpu().numpy()
+                width = int(min(width, cells.lengths[rows_b].max() + 1))
+            tokens_bw, counts_bw = cells.padded(rows_b, width, self.spec.pad_id)
+            out = self.net(torch.from_numpy(tokens_bw).to(self.device), torch.from_numpy(counts_bw).to(self.device),
+                           torch.from_numpy(cells.aux_na[rows_b]).to(self.device), clip_counts,
+                           attention=self.attention, keep_gene_outputs=gene_outputs is not None)
             if gene_outputs is not None:
-                gene_outputs.add(rows, tokens_bw, out.gene_out_bwd.float().cpu().numpy())
-            progress(step, min(start + batch_size, n_cells), n_cells)
-        return CellOutputs(emb_nd, nll_n)
+                gene_outputs.add(rows_b, tokens_bw, out.gene_out_bwd.float().cpu().numpy())
+            return out.emb_bd, out.nll_b
 
-    def _autocast(self):
-        import torch
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        batched = run_batches(forward, [longest_first(cells.lengths)], batch_size, device=self.device,
+                              dtype=self.autocast_dtype, progress=progress, cancel=cancel, step=step,
+                              empty=[(self.spec.embed_dim,), ()])
+        return CellOutputs(*batched.outputs, batched.batch_size)
 
 
 def default_attention(device_type: str) -> str:
     """FlexAttention (compiled) on CUDA; on the CPU the eager products, which measured faster there
     than uncompiled FlexAttention (see benchmarks/bench_transcriptformer.py)."""
     return "flex" if device_type == "cuda" else "eager"
-
-
-def autocast_dtype(precision: str, device_type: str):
-    """None for fp32; bf16 for `bf16`, and for `auto` on CUDA."""
-    import torch
-
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 class GeneOutputs:

@@ -23,7 +23,8 @@ import numpy as np
 
 from czb_core.errors import ConfigError
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
-from czb_core.models.params import Param
+from czb_core.models.inference import precision_name
+from czb_core.models.params import Param, precision_param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager, DataNeeds
 from czb_core.schema.report import Severity, ValidationReport
@@ -131,8 +132,7 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
 
     display_name = "TranscriptFormer"
     params = (
-        Param("precision", "str", "auto", "auto: bf16 on a GPU, fp32 on the CPU", label="Precision",
-              choices=("auto", "fp32", "bf16")),
+        precision_param(),
         Param("attention", "str", "auto", "auto: FlexAttention on a GPU, eager products on the CPU; both compute "
               "the same masked, count-biased, soft-capped attention", label="Attention",
               choices=("auto", "flex", "eager")),
@@ -180,11 +180,12 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
                          f"{pairs * encoder.spec.embed_dim * 4 / 2**20:,.1f} MiB, saved beside the h5ad")
             progress(notes[-1], 0, None)
         out = encoder.run(inputs, self.args.clip_counts, self.batch_size_used, progress, cancel, gene_outputs=collected)
+        self.batch_size_used = out.batch_size
         extras = {}
         if collected is not None:
             extras = dict(zip(("gene_embeddings_cell", "gene_embeddings_gene", "gene_embeddings"), collected.result()))
         facts = {"attention": encoder.attention,
-                 "precision": "fp32" if encoder.autocast_dtype is None else "bf16 autocast",
+                 "precision": precision_name(encoder.autocast_dtype),
                  "genes per cell": f"median {int(np.median(inputs.lengths)) if len(inputs) else 0:,} "
                                    f"(at most {self.model.checkpoint.sizes.seq_len:,} read)"}
         return RunOutput(emb_nd=out.emb_nd, obs={LLH_COLUMN: out.nll_n}, extras=extras, notes=notes, facts=facts)

@@ -57,7 +57,7 @@ def test_batched_embeddings_equal_the_plain_forward_pass(checkpoint, cells, mode
     assert cells.lengths.min() == 2 and cells.lengths.max() == 64 and len(set(cells.lengths)) > 5
     model = load_model(checkpoint, "cpu")
     expected_nd = reference(checkpoint, cells, mode)
-    emb_nd = embed(model, cells, mode=mode, batch_size=batch_size, precision="fp32")
+    emb_nd = embed(model, cells, mode=mode, batch_size=batch_size, precision="fp32").outputs[0]
     assert emb_nd.shape == (len(cells), 16) and emb_nd.dtype == np.float32
     np.testing.assert_allclose(emb_nd, expected_nd, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(emb_nd, axis=1), 1.0, atol=1e-6)
@@ -66,12 +66,12 @@ def test_batched_embeddings_equal_the_plain_forward_pass(checkpoint, cells, mode
 def test_cell_order_does_not_change_a_cells_embedding(checkpoint, cells):
     model = load_model(checkpoint, "cpu")
     order = np.random.default_rng(1).permutation(len(cells))
-    shuffled = embed(model, cells.take(order), batch_size=5, precision="fp32")
+    shuffled = embed(model, cells.take(order), batch_size=5, precision="fp32").outputs[0]
     np.testing.assert_allclose(shuffled, reference(checkpoint, cells, "cls")[order], atol=1e-5, rtol=0)
 
 
 def test_unnormalised_embeddings_are_the_raw_outputs(checkpoint, cells):
-    emb_nd = embed(load_model(checkpoint, "cpu"), cells, mode="mean", normalize=False, batch_size=6)
+    emb_nd = embed(load_model(checkpoint, "cpu"), cells, mode="mean", normalize=False, batch_size=6).outputs[0]
     np.testing.assert_allclose(emb_nd, reference(checkpoint, cells, "mean", normalize=False), atol=1e-5, rtol=0)
     assert not np.allclose(np.linalg.norm(emb_nd, axis=1), 1.0)
 
@@ -81,7 +81,7 @@ def test_the_same_seed_gives_identical_embeddings(checkpoint):
     x_ng = sp.csr_matrix((rng.negative_binomial(1, 0.3, (12, N_GENES)) * (rng.random((12, N_GENES)) < 0.8))
                          .astype(np.float32))
     vocab, args, model = load_vocab(checkpoint), load_args(checkpoint), load_model(checkpoint)
-    runs = [embed(model, tokenize(x_ng, gene_symbols(N_GENES), vocab, args, seed=seed), batch_size=5)
+    runs = [embed(model, tokenize(x_ng, gene_symbols(N_GENES), vocab, args, seed=seed), batch_size=5).outputs[0]
             for seed in (9, 9, 10)]
     assert np.array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])  # ties and the sample are drawn anew
@@ -119,7 +119,7 @@ def test_bad_settings_are_refused(checkpoint, cells, setting, message):
 
 
 def test_bf16_on_the_cpu_stays_close(checkpoint, cells):
-    emb_nd = embed(load_model(checkpoint), cells, precision="bf16", batch_size=8)
+    emb_nd = embed(load_model(checkpoint), cells, precision="bf16", batch_size=8).outputs[0]
     cosine = (emb_nd * reference(checkpoint, cells, "cls")).sum(1)
     assert cosine.min() > 0.99
 
