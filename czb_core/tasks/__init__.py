@@ -1,7 +1,7 @@
 """Benchmark tasks and metrics computed as cz-benchmarks computes them, on an embedding and obs.
 
 `run_tasks` / `run_with_baseline` are the entry points, `MetricOptions` the stored choice of
-columns and tasks, `baseline_metrics.baseline_results` the cached baseline scores; each metric
+columns and tasks, `scoring.cached_baseline_results` the cached baseline scores; each metric
 module says which cz-benchmarks or scib-metrics definition it reproduces. Nothing here imports streamlit or a model.
 """
 

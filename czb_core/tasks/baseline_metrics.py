@@ -2,6 +2,7 @@
 
 Every model run is scored beside the baseline, and the baseline of a dataset never changes: scoring
 it again for each model (a third of a run's metric time, more with label prediction) buys nothing.
+`scoring.cached_baseline_results` reads an entry here, or scores the baseline and stores it.
 Its task results are kept as JSON next to the cached baseline embedding:
 `<workspace>/baselines/metrics/<dataset sha256>-<entry key>.json`, one file per entry, written
 atomically so concurrent workers never see half a file.
@@ -25,9 +26,8 @@ import pandas as pd
 
 from czb_core.config import get_settings
 from czb_core.io.atomic import write_json_atomically
-from czb_core.progress import ProgressCallback, no_progress
 from czb_core.tasks.baseline import baseline_path
-from czb_core.tasks.inputs import prepare_inputs, select_tasks
+from czb_core.tasks.inputs import select_tasks
 from czb_core.tasks.options import MetricOptions
 from czb_core.tasks.results import MetricResult, TaskResult
 
@@ -90,42 +90,6 @@ def store_baseline_results(
         "results": [dataclasses.asdict(result) for result in results],
     }
     return write_json_atomically(path, document)
-
-
-def baseline_results(
-    dataset_sha256: str,
-    options: MetricOptions,
-    obs: pd.DataFrame,
-    baseline: BaselineSource,
-    progress: Optional[ProgressCallback] = None,
-    baseline_model: Optional[dict] = None,
-    dataset: Optional[dict] = None,
-) -> list[TaskResult]:
-    """The baseline's task results for (dataset, options): from the cache, else scored and stored.
-
-    `baseline` is the baseline embedding or a function returning it, called only on a cache miss (so
-    a cached dataset need not even load its PCA). Results read from the cache carry this call's
-    `baseline_model` and `dataset` and `runtime_metrics["from_cache"] = True`.
-    """
-    from czb_core.tasks.scoring import BASELINE_DESCRIPTION, run_prepared
-
-    progress = progress or no_progress
-    baseline_model = dict(baseline_model or BASELINE_DESCRIPTION)
-    cached = load_baseline_results(dataset_sha256, options, obs)
-    if cached is not None:
-        progress("metrics: baseline (cached)", 1, 1)
-        return [
-            dataclasses.replace(
-                result, model=baseline_model, dataset=dict(dataset or {}),
-                runtime_metrics={**result.runtime_metrics, "from_cache": True},
-            )
-            for result in cached
-        ]
-    inputs = prepare_inputs(obs, **options.run_kwargs())
-    emb_nd = baseline() if callable(baseline) else baseline
-    results = run_prepared(emb_nd, inputs, options.seed, progress, baseline_model, dataset)
-    store_baseline_results(dataset_sha256, options, obs, results)
-    return results
 
 
 def _task_result(entry: dict) -> TaskResult:

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from czb_core.progress import ProgressCallback, no_progress
-from czb_core.tasks.baseline_metrics import BaselineSource, store_baseline_results
-from czb_core.tasks.baseline_metrics import baseline_results as cached_baseline_results
+from czb_core.tasks.baseline_metrics import BaselineSource, load_baseline_results, store_baseline_results
 from czb_core.tasks.batch_integration import batch_integration_metrics
 from czb_core.tasks.clustering import clustering_metrics, leiden_clusters
 from czb_core.tasks.cross_split import cross_split_transfer
@@ -167,6 +166,40 @@ def run_tasks(
         obs, label_key, batch_key, split_key, train_value, test_value, tasks, seed, max_cells
     )
     return run_prepared(emb_nd, inputs, seed, progress, model, dataset)
+
+
+def cached_baseline_results(
+    dataset_sha256: str,
+    options: MetricOptions,
+    obs: pd.DataFrame,
+    baseline: BaselineSource,
+    progress: Optional[ProgressCallback] = None,
+    baseline_model: Optional[dict] = None,
+    dataset: Optional[dict] = None,
+) -> list[TaskResult]:
+    """The baseline's task results for (dataset, options): from the cache, else scored and stored.
+
+    `baseline` is the baseline embedding or a function returning it, called only on a cache miss (so
+    a cached dataset need not even load its PCA). Results read from the cache carry this call's
+    `baseline_model` and `dataset` and `runtime_metrics["from_cache"] = True`.
+    """
+    progress = progress or no_progress
+    baseline_model = dict(baseline_model or BASELINE_DESCRIPTION)
+    cached = load_baseline_results(dataset_sha256, options, obs)
+    if cached is not None:
+        progress("metrics: baseline (cached)", 1, 1)
+        return [
+            dataclasses.replace(
+                result, model=baseline_model, dataset=dict(dataset or {}),
+                runtime_metrics={**result.runtime_metrics, "from_cache": True},
+            )
+            for result in cached
+        ]
+    inputs = prepare_inputs(obs, **options.run_kwargs())
+    emb_nd = baseline() if callable(baseline) else baseline
+    results = run_prepared(emb_nd, inputs, options.seed, progress, baseline_model, dataset)
+    store_baseline_results(dataset_sha256, options, obs, results)
+    return results
 
 
 def run_with_baseline(

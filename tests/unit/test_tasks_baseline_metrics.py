@@ -10,8 +10,9 @@ import pytest
 
 import czb_core.tasks.scoring as scoring
 from czb_core.tasks import run_with_baseline
-from czb_core.tasks.baseline_metrics import baseline_metrics_path, baseline_results, entry_key
+from czb_core.tasks.baseline_metrics import baseline_metrics_path, entry_key
 from czb_core.tasks.options import NO_BATCH, MetricOptions
+from czb_core.tasks.scoring import cached_baseline_results
 
 SHA = "ab" * 32
 
@@ -65,15 +66,15 @@ def test_second_scoring_reads_the_baseline_from_the_cache(counted_tasks):
 def test_other_options_or_other_labels_are_scored_again(counted_tasks):
     good_nd, noise_nd, obs = data()
     options = MetricOptions(label_key="cell_type", batch_key=NO_BATCH, tasks=("embedding",), seed=1)
-    baseline_results(SHA, options, obs, noise_nd)
-    baseline_results(SHA, options, obs, noise_nd)
+    cached_baseline_results(SHA, options, obs, noise_nd)
+    cached_baseline_results(SHA, options, obs, noise_nd)
     assert counted_tasks == ["embedding"]
-    baseline_results(SHA, MetricOptions(label_key="cell_type", batch_key=NO_BATCH, tasks=("embedding",), seed=2),
-                     obs, noise_nd)
+    cached_baseline_results(SHA, MetricOptions(label_key="cell_type", batch_key=NO_BATCH, tasks=("embedding",), seed=2),
+                            obs, noise_nd)
     relabelled = obs.assign(cell_type=obs["cell_type"].sample(frac=1, random_state=0).to_numpy())
-    baseline_results(SHA, options, relabelled, noise_nd)
+    cached_baseline_results(SHA, options, relabelled, noise_nd)
     with_batch = MetricOptions(label_key="cell_type", batch_key="donor_id", tasks=("embedding",), seed=1)
-    baseline_results(SHA, with_batch, obs, noise_nd)
+    cached_baseline_results(SHA, with_batch, obs, noise_nd)
     assert counted_tasks == ["embedding"] * 4
 
 
@@ -90,13 +91,13 @@ def test_default_tasks_and_the_same_tasks_named_share_an_entry():
 def test_cache_file_lies_beside_the_baseline_and_a_broken_one_is_recomputed(counted_tasks):
     _, noise_nd, obs = data()
     options = MetricOptions(label_key="cell_type", batch_key=NO_BATCH, tasks=("embedding",))
-    first = baseline_results(SHA, options, obs, noise_nd)
+    first = cached_baseline_results(SHA, options, obs, noise_nd)
     path = baseline_metrics_path(SHA, entry_key(options, obs))
     assert path.parent.parent.name == "baselines" and path.exists()
     stored = json.loads(path.read_text())
     assert stored["options"] == options.to_dict()
     assert stored["results"][0]["metrics"][0]["value"] == first[0].metrics[0].value
     path.write_text("{not json")
-    again = baseline_results(SHA, options, obs, noise_nd)
+    again = cached_baseline_results(SHA, options, obs, noise_nd)
     assert counted_tasks == ["embedding", "embedding"]
     assert again[0].metrics[0].value == first[0].metrics[0].value
