@@ -9,7 +9,6 @@ runs make (`<name>.extras.npz`, e.g. contextual gene embeddings), which do not b
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from czb_core.config import get_settings
 from czb_core.errors import InputError
 from czb_core.io.atomic import atomic_path
 from czb_core.io.header import read_header
@@ -33,7 +31,7 @@ from czb_core.models.runner import RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.report import ValidationReport
 from czb_core.streaming.plan import IN_MEMORY, STREAMED, plan_reading
-from czb_core.streaming.row_blocks import RowBlocks, to_row_chunked
+from czb_core.streaming.row_blocks import open_row_blocks
 from czb_core.streaming.sharding import SHARDED, configured_ray_address, embed_sharded
 from czb_core.types import Organism
 
@@ -156,23 +154,6 @@ def reading_mode(data_path: str | Path, location: str, implementation, stream: O
     fix = ("run it streamed (czb run --stream)" if implementation.can_stream else
            "run it on a subset of the cells, on a machine with more memory, or with the PCA baseline, which streams")
     raise InputError(f"{Path(data_path).name} is too large to read into memory here ({plan.describe()}); {fix}")
-
-
-def open_row_blocks(data_path: str | Path, location: str, progress: ProgressCallback) -> RowBlocks:
-    """Row blocks of the matrix; a matrix stored by columns is first converted once into a row copy kept
-    in the workspace (keyed by the file's path, size and modification time)."""
-    blocks = RowBlocks(data_path, location)
-    if not blocks.needs_conversion:
-        return blocks
-    blocks.close()
-    stat = Path(data_path).stat()
-    key = hashlib.sha256(f"{Path(data_path).resolve()}:{location}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    converted = get_settings().workspace / "row_chunked" / f"{key.hexdigest()[:32]}.h5"
-    if not converted.exists():
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(converted) as tmp:
-            to_row_chunked(data_path, location, tmp, progress=progress)
-    return RowBlocks(converted, "X")
 
 
 def run_record(implementation, output: RunOutput, report: ValidationReport, *, header_path: str, sha256: str,

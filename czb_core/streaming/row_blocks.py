@@ -4,12 +4,14 @@ AnnData stores a sparse matrix as a group (`data`, `indices`, `indptr`, attrs `e
 `shape`) and a dense one as an array, the same way in HDF5 and zarr, so one reader serves both. Rows
 of a CSR group are contiguous slices of `data` and `indices`; a dense array is read by row slices. A CSC
 group has no cheap row access: `to_row_chunked` converts it once into a CSR copy on disk, reading it as
-many times as there are row groups that fit the memory budget.
+many times as there are row groups that fit the memory budget; `open_row_blocks` keeps that copy in the
+workspace, so a run converts a file once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,7 +20,9 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from czb_core.config import get_settings
 from czb_core.errors import InputError
+from czb_core.io.atomic import atomic_path
 from czb_core.progress import ProgressCallback, no_progress
 
 DEFAULT_CHUNK_ROWS = 10_000
@@ -180,6 +184,23 @@ def to_row_chunked(path: str | Path, location: str, out_path: str | Path, *,
         with contextlib.suppress(Exception):
             store.close()
     return Path(out_path)
+
+
+def open_row_blocks(data_path: str | Path, location: str, progress: ProgressCallback) -> RowBlocks:
+    """Row blocks of the matrix; a matrix stored by columns is first converted once into a row copy kept
+    in the workspace (keyed by the file's path, size and modification time)."""
+    blocks = RowBlocks(data_path, location)
+    if not blocks.needs_conversion:
+        return blocks
+    blocks.close()
+    stat = Path(data_path).stat()
+    key = hashlib.sha256(f"{Path(data_path).resolve()}:{location}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    converted = get_settings().workspace / "row_chunked" / f"{key.hexdigest()[:32]}.h5"
+    if not converted.exists():
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(converted) as tmp:
+            to_row_chunked(data_path, location, tmp, progress=progress)
+    return RowBlocks(converted, "X")
 
 
 def _row_groups(row_ptr: np.ndarray, budget_nnz: int) -> list[tuple[int, int]]:

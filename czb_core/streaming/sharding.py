@@ -40,7 +40,7 @@ from czb_core.streaming.ray_actors import (
     KEPT, MODEL, PCA_PROJECTION, PCAProjection, Shard, ShardJob, ShardResult, ShardWorker, read_store,
 )
 from czb_core.streaming.chunks import add_new_problems, merge_facts
-from czb_core.streaming.row_blocks import DEFAULT_CHUNK_ROWS, RowBlocks
+from czb_core.streaming.row_blocks import DEFAULT_CHUNK_ROWS, RowBlocks, open_row_blocks
 
 RAY_ADDRESS_ENV = "CZB_RAY_ADDRESS"
 SHARDS_PER_WORKER = 4  # shards per worker by default: a slow or retried shard then delays the run little
@@ -84,8 +84,6 @@ def embed_sharded(implementation, manager: DataManager, data_path: str | Path, *
     """(the merged output, the sharding record) of `implementation` on `data_path` run as shards on the Ray
     cluster at `address` (a process already connected with `ray.init` uses its cluster). Sets
     `manager.cells_kept_n` and `implementation.report` as `execute` does."""
-    from czb_core.models.pipeline import open_row_blocks
-
     cancel = cancel or CancelToken()
     kind = shard_kind(implementation)
     validate_on_driver(implementation, manager, progress, cancel)
