@@ -47,6 +47,9 @@ class BaseModelImplementation(ABC):
     # embedded in chunks or shards apart with the same result: a pretrained network's inference, not a model
     # fitted on the dataset or a prediction. A runner whose answer depends on its parameters makes it a property.
     embeds_cells_apart: ClassVar[bool] = False
+    # True for a model fitted on all cells whose fit can run over row blocks on a Ray run's driver, so that only the
+    # projection of the cells is sharded (the PCA baseline's incremental PCA); a property where the variant decides.
+    shards_as_projection: ClassVar[bool] = False
 
     def __init__(
         self,

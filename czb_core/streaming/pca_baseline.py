@@ -23,6 +23,7 @@ from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.normalization import scale_factors, scale_log1p
 from czb_core.streaming.incremental_pca import IncrementalPCA
 from czb_core.streaming.row_blocks import RowBlocks
+from czb_core.streaming.statistics import add_expm1_moments, seurat_hvg_from_moments
 
 
 @dataclass
@@ -43,8 +44,6 @@ class LogHvgBlocks:
 def log_hvg_blocks(blocks: RowBlocks, n_top_genes: int, progress: ProgressCallback = no_progress,
                    cancel: Optional[CancelToken] = None) -> LogHvgBlocks:
     """Passes 1 and 2: the per-cell scale factors and the HVG columns, then blocks on them."""
-    from model_runners.pca.model import add_expm1_moments, seurat_hvg_from_moments
-
     cancel = cancel or CancelToken()
     n_cells, n_genes = blocks.n_cells, blocks.n_genes
     n_blocks = -(-n_cells // blocks.chunk_rows)

@@ -126,9 +126,7 @@ def shard_kind(implementation) -> str:
     all cells at once some other way (a fitted scVI, PPCA, a prediction) is refused."""
     if implementation.embeds_cells_apart:
         return MODEL
-    from model_runners.pca.model import PCABaseline
-
-    if isinstance(implementation, PCABaseline) and not implementation.variant_config.resources.get("flavour"):
+    if implementation.shards_as_projection:
         return PCA_PROJECTION
     raise ConfigError(f"{implementation.display_name} / {implementation.variant} is fitted on all cells at once, "
                       "so its shards cannot run apart; run it without Ray (czb run --stream streams it)")

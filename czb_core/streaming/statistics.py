@@ -1,5 +1,5 @@
-"""One-pass statistics per gene over row blocks: mean and variance (overall and per batch), and
-t-digest quantiles of each gene's non-zero values.
+"""One-pass statistics per gene over row blocks: mean and variance (overall and per batch), t-digest
+quantiles of each gene's non-zero values, and the Seurat-flavour highly variable genes from sums.
 
 `OnePassMeanVar` accumulates sums and sums of squares per batch group. The "naive" form sums x and x²;
 the "shifted_data" form subtracts a shift K per gene (the mean of the first block) before summing, so
@@ -10,6 +10,9 @@ the variance is not the small difference of two large numbers. Variances are pop
 function k(q) = δ/(2π)·asin(2q-1), so quantiles near 0 and 1 stay sharp; δ (compression) is 100.
 `GeneDigests` keeps one per gene, fed with the non-zero values of each block and compressed only when a
 gene's buffer is full, so a pass costs a few numpy calls per gene, not per value.
+
+`add_expm1_moments` adds a block's Σ expm1(x) and Σ expm1(x)² per gene and `seurat_hvg_from_moments` selects
+the genes from them: the PCA baseline's HVG step, the same in memory and streamed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 ALGORITHMS = ("naive", "shifted_data")
@@ -175,3 +179,35 @@ class GeneDigests:
     def median_g(self) -> np.ndarray:
         """The median of each gene's non-zero values (NaN for a gene never expressed)."""
         return self.quantile_g(0.5)
+
+
+def add_expm1_moments(xlog_ng: sp.csr_matrix, sum_g: np.ndarray, sumsq_g: np.ndarray) -> None:
+    """Add Σ expm1(x) and Σ expm1(x)² per gene of a block of log data (the Seurat flavour's statistics)."""
+    values = np.expm1(xlog_ng.data, dtype=np.float64)
+    sum_g += np.bincount(xlog_ng.indices, weights=values, minlength=len(sum_g))
+    sumsq_g += np.bincount(xlog_ng.indices, weights=values * values, minlength=len(sum_g))
+
+
+def seurat_hvg_from_moments(sum_g: np.ndarray, sumsq_g: np.ndarray, n_cells: int, n_top_genes: int,
+                            n_bins: int = 20) -> np.ndarray:
+    """The Seurat-flavour selection from per-gene sums: dispersion var/mean of expm1(log data),
+    log-transformed, z-scored within 20 bins of log1p(mean); a bin with a single gene gets z = 0 as in
+    scanpy. Sums make it the same whether the cells were in memory or streamed."""
+    n_genes = len(sum_g)
+    mean_g = sum_g / n_cells
+    var_g = (sumsq_g / n_cells - mean_g**2) * n_cells / (n_cells - 1)
+    mean_g[mean_g == 0] = 1e-12
+    dispersion_g = var_g / mean_g
+    dispersion_g[dispersion_g == 0] = np.nan
+    frame = pd.DataFrame({"dispersion": np.log(dispersion_g), "mean_bin": pd.cut(np.log1p(mean_g), bins=n_bins)})
+    grouped = frame.groupby("mean_bin", observed=False)["dispersion"]
+    bin_mean = grouped.transform("mean")
+    bin_std = grouped.transform(lambda d: d.std(ddof=1))
+    single = bin_std.isna() & frame["dispersion"].notna() & (grouped.transform("count") == 1)
+    bin_std[single], bin_mean[single] = bin_mean[single], 0.0
+    z_g = ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
+    z_g = np.where(np.isnan(z_g), -np.inf, z_g)
+    top = np.argsort(-z_g, kind="stable")[:n_top_genes]
+    mask = np.zeros(n_genes, dtype=bool)
+    mask[top] = True
+    return mask

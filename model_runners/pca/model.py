@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.models.base import BaseModelImplementation
@@ -21,6 +20,7 @@ from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.normalization import normalize_log1p
 from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.streaming.statistics import add_expm1_moments, seurat_hvg_from_moments
 from czb_core.types import ModelType
 
 
@@ -34,38 +34,6 @@ def seurat_hvg_mask(xlog_ng: sp.csr_matrix, n_top_genes: int, n_bins: int = 20,
     for lo in range(0, n_cells, chunk_rows):
         add_expm1_moments(xlog_ng[lo : lo + chunk_rows], sum_g, sumsq_g)
     return seurat_hvg_from_moments(sum_g, sumsq_g, n_cells, n_top_genes, n_bins)
-
-
-def add_expm1_moments(xlog_ng: sp.csr_matrix, sum_g: np.ndarray, sumsq_g: np.ndarray) -> None:
-    """Add Σ expm1(x) and Σ expm1(x)² per gene of a block of log data (the Seurat flavour's statistics)."""
-    values = np.expm1(xlog_ng.data, dtype=np.float64)
-    sum_g += np.bincount(xlog_ng.indices, weights=values, minlength=len(sum_g))
-    sumsq_g += np.bincount(xlog_ng.indices, weights=values * values, minlength=len(sum_g))
-
-
-def seurat_hvg_from_moments(sum_g: np.ndarray, sumsq_g: np.ndarray, n_cells: int, n_top_genes: int,
-                            n_bins: int = 20) -> np.ndarray:
-    """The Seurat-flavour selection from per-gene sums: dispersion var/mean of expm1(log data),
-    log-transformed, z-scored within 20 bins of log1p(mean); a bin with a single gene gets z = 0 as in
-    scanpy. Sums make it the same whether the cells were in memory or streamed."""
-    n_genes = len(sum_g)
-    mean_g = sum_g / n_cells
-    var_g = (sumsq_g / n_cells - mean_g**2) * n_cells / (n_cells - 1)
-    mean_g[mean_g == 0] = 1e-12
-    dispersion_g = var_g / mean_g
-    dispersion_g[dispersion_g == 0] = np.nan
-    frame = pd.DataFrame({"dispersion": np.log(dispersion_g), "mean_bin": pd.cut(np.log1p(mean_g), bins=n_bins)})
-    grouped = frame.groupby("mean_bin", observed=False)["dispersion"]
-    bin_mean = grouped.transform("mean")
-    bin_std = grouped.transform(lambda d: d.std(ddof=1))
-    single = bin_std.isna() & frame["dispersion"].notna() & (grouped.transform("count") == 1)
-    bin_std[single], bin_mean[single] = bin_mean[single], 0.0
-    z_g = ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
-    z_g = np.where(np.isnan(z_g), -np.inf, z_g)
-    top = np.argsort(-z_g, kind="stable")[:n_top_genes]
-    mask = np.zeros(n_genes, dtype=bool)
-    mask[top] = True
-    return mask
 
 
 def pca_baseline(
@@ -135,6 +103,12 @@ class PCABaseline(PCAValidator, BaseModelImplementation):
     def flavour(self):
         """The probabilistic PCA objective of a ppca variant; None for PCA itself."""
         return self.variant_config.resources.get("flavour")
+
+    @property
+    def shards_as_projection(self) -> bool:
+        """PCA itself (not a probabilistic variant): a Ray run fits its incremental PCA over row blocks on the
+        driver and shards only the projection."""
+        return not self.flavour
 
     def embed(self, x_ng: sp.csr_matrix, batch_size, progress, cancel) -> RunOutput:
         self.batch_size_used = batch_size
