@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from model_runners.scgpt.encoder import LAYER_NORM_EPS, GeneEncoder, TransformerStack, ValueEncoder
+from czb_core.models.layers import LAYER_NORM_EPS, PostNormStack
+from model_runners.scgpt.encoder import GeneEncoder, ValueEncoder
 
 N_PERT_FLAGS = 3  # not perturbed, perturbed, padding
 GENEPT_ENCODER = "genept_encoder"
@@ -78,7 +79,7 @@ class ScGenePT(nn.Module):
             setattr(self, name, TextEncoder(vocab_size, text_dim, d_model, projection_name(name)))
         self.pert_encoder = nn.Embedding(N_PERT_FLAGS, d_model)
         self.ln = nn.LayerNorm(d_model, eps=LAYER_NORM_EPS)
-        self.transformer_encoder = TransformerStack(d_model, n_heads, d_hid, n_layers, attention)
+        self.transformer_encoder = PostNormStack(d_model, n_heads, d_hid, n_layers, attention)
         self.decoder = ExpressionDecoder(d_model)
 
     def forward(self, genes_bl: torch.Tensor, values_bl: torch.Tensor, flags_bl: torch.Tensor) -> torch.Tensor:
