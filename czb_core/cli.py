@@ -176,7 +176,7 @@ def cmd_perturb_predict(args) -> int:
 
 def _benchmark_baseline(args, adata):
     """The PCA baseline of the file, or of the original input named in its run record (slim h5ad)."""
-    from czb_core.tasks.baseline import baseline_embedding
+    from czb_core.service.baseline import baseline_embedding
 
     if adata.n_vars > 0:
         return baseline_embedding(args.data, organism=_organism(args.organism))
@@ -242,7 +242,7 @@ def cmd_benchmark(args) -> int:
 def _benchmark_perturbation(args) -> int:
     """A scGenePT prediction against the dataset it was made from: the 0.10 metrics and the 0.15
     Spearman of the model and of the no-change and mean-effect baselines."""
-    from czb_core.models.prediction import evaluate_prediction_run
+    from czb_core.tasks.perturbation import evaluate_prediction_run
 
     if not args.prediction:
         raise ConfigError("--task perturbation needs --prediction (a `czb perturb-predict` output)")

@@ -1,7 +1,7 @@
 """The Results page's view of perturbation predictions (scGenePT runs): the predicted change per gene against
 the control mean, the genes it moves most, and, when the dataset holds cells of that perturbation, the
 observed change beside the predicted one with the metrics of the model and both baselines. The reading is
-`czb_core.models.prediction.evaluate_prediction_run`, the same as `czb benchmark --task perturbation`.
+`czb_core.tasks.perturbation.evaluate_prediction_run`, the same as `czb benchmark --task perturbation`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import streamlit as st
 
 from czb_core.errors import CzbError
 from czb_core.io.exports import download_name
-from czb_core.models.prediction import evaluate_prediction_run
 from czb_core.service.jobs import artifacts
-from czb_core.tasks.perturbation import PredictionEvaluation
+from czb_core.tasks.perturbation import PredictionEvaluation, evaluate_prediction_run
 from czb_core.types import Organism
 from czb_core.viz.perturbation import effect_figure, observed_vs_predicted_figure
 

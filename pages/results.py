@@ -10,10 +10,10 @@ import streamlit as st
 
 from czb_core.errors import CzbError, InputError
 from czb_core.io.exports import download_name, reproduce_script, run_file_stem
+from czb_core.service.baseline import is_the_baseline
 from czb_core.service.jobs import artifacts
 from czb_core.service.jobs.manager import is_prediction_model
 from czb_core.service.sharing import Shares
-from czb_core.tasks.baseline import is_the_baseline
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.tasks.comparison import compare_runs
 from czb_core.tasks.per_class import CLASSIFIERS, class_report_for_options

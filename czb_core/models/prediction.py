@@ -1,26 +1,21 @@
-"""A perturbation prediction (scGenePT's output) read against the dataset it was predicted from.
+"""A perturbation prediction (scGenePT's output): how a run writes it, and its effect per gene.
 
 A prediction run writes predicted expression (`X`, sampled control cells x genes) with the control cell of
-each row in `obs["control_cell"]` and its parameters in `uns["czb_run"]`. Scoring it needs the dataset's
-counts on the same gene axis, read as the model read them: the model's data manager decides where the
-counts and the gene symbols are, so the observed change is computed on what the model saw. The condition,
-its column and the control label default to the run's own parameters (`perturbation`, `control_key`,
-`control_value`).
+each row in `obs["control_cell"]` and its parameters in `uns["czb_run"]`. `predicted_effect` summarises a
+prediction against the control cells it was made from (the runner reports it; scoring shows it). Scoring a
+prediction run against its dataset is `czb_core.tasks.perturbation.evaluate_prediction_run`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
+from typing import Sequence
 
 import anndata as ad
+import numpy as np
+import pandas as pd
 
 from czb_core.errors import InputError
-from czb_core.io.header import read_header
-from czb_core.io.reading import read_anndata
-from czb_core.models.registry import get_model
-from czb_core.tasks.perturbation import PredictionEvaluation, evaluate_prediction
-from czb_core.types import Organism
 
 CONTROL_CELL_COLUMN = "control_cell"
 
@@ -31,23 +26,30 @@ def is_prediction(adata: ad.AnnData) -> bool:
     return record.get("prediction_shape") is not None and CONTROL_CELL_COLUMN in adata.obs
 
 
-def evaluate_prediction_run(
-    prediction: ad.AnnData, data_path: str | Path, *, organism: Optional[Organism] = None,
-    condition: Optional[str] = None, condition_key: Optional[str] = None, control_name: Optional[str] = None,
-) -> PredictionEvaluation:
-    """The prediction's effect per gene and, when the dataset holds cells of the condition, the 0.10 metrics
-    and the 0.15 Spearman of the model beside the no-change and mean-effect baselines."""
-    if not is_prediction(prediction):
-        raise InputError("this run output is not a perturbation prediction (write one with `czb perturb-predict`)")
-    record = prediction.uns["czb_run"]
-    params = record.get("params") or {}
-    config = get_model(str(record.get("model")))
-    validator = config.load_implementation()(config, record.get("variant"))
-    manager = validator.data_manager(read_header(data_path), organism)
-    adata = read_anndata(data_path)
-    manager.bind(adata)
-    return evaluate_prediction(
-        prediction.X, prediction.var_names, prediction.obs[CONTROL_CELL_COLUMN], manager.counts(), manager.genes_g,
-        adata.obs, adata.uns, condition=str(condition or params.get("perturbation")),
-        condition_key=str(condition_key or params.get("control_key") or "condition"),
-        control_name=str(control_name or params.get("control_value") or "ctrl"), var_names=manager.var_names)
+@dataclass(frozen=True)
+class PredictedEffect:
+    """A prediction summarised per gene: the control mean, the predicted mean and their difference."""
+
+    genes_g: np.ndarray
+    control_mean_g: np.ndarray
+    predicted_mean_g: np.ndarray
+
+    @property
+    def change_g(self) -> np.ndarray:
+        return self.predicted_mean_g - self.control_mean_g
+
+    def top_genes(self, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(most increased, most decreased) genes with their control mean, predicted mean and change."""
+        table = pd.DataFrame({"gene": self.genes_g, "control_mean": self.control_mean_g,
+                              "predicted_mean": self.predicted_mean_g, "change": self.change_g})
+        ordered = table.sort_values("change", kind="stable")
+        return (ordered.iloc[::-1].head(n).reset_index(drop=True), ordered.head(n).reset_index(drop=True))
+
+
+def predicted_effect(pred_ng: np.ndarray, control_ng: np.ndarray, genes_g: Sequence[str]) -> PredictedEffect:
+    """The mean predicted expression against the mean of the control cells it was predicted from."""
+    pred_ng, control_ng = np.asarray(pred_ng, dtype=np.float64), np.asarray(control_ng, dtype=np.float64)
+    if pred_ng.shape[1] != control_ng.shape[1] or pred_ng.shape[1] != len(genes_g):
+        raise InputError(f"prediction ({pred_ng.shape[1]} genes), control cells ({control_ng.shape[1]}) and gene "
+                         f"names ({len(genes_g)}) must cover the same genes")
+    return PredictedEffect(np.asarray(genes_g, dtype=str), control_ng.mean(0), pred_ng.mean(0))

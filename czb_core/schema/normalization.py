@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from czb_core.io.reading import as_csr
 
 CHUNK_ROWS = 20_000  # rows scaled at a time: bounds the per-value temporary of the repeated factors
+TARGET_SUM = 1e4  # normalize_total target of the perturbation models and datasets
 
 
 def scale_factors(total_n: np.ndarray, target_sum: Optional[float] = None, dtype=np.float32) -> np.ndarray:
@@ -56,3 +57,9 @@ def normalize_log1p(x_ng, target_sum: Optional[float] = None, dtype=np.float32,
     x_ng = as_csr(x_ng)
     total_n = np.asarray(x_ng.sum(axis=1)).ravel()
     return scale_log1p(x_ng, scale_factors(total_n, target_sum, dtype), chunk_rows)
+
+
+def log_normalize(x_ng, target_sum: float = TARGET_SUM) -> np.ndarray:
+    """log1p of counts scaled to `target_sum` per cell, computed in float64 and handed over as the dense
+    float32 expression the perturbation models read and predict; a cell without counts stays zero."""
+    return normalize_log1p(x_ng, target_sum, np.float64).toarray().astype(np.float32)

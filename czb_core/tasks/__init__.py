@@ -2,7 +2,8 @@
 
 `run_tasks` / `run_with_baseline` are the entry points, `MetricOptions` the stored choice of
 columns and tasks, `scoring.cached_baseline_results` the cached baseline scores; each metric
-module says which cz-benchmarks or scib-metrics definition it reproduces. Nothing here imports streamlit or a model.
+module says which cz-benchmarks or scib-metrics definition it reproduces. Nothing here imports streamlit
+or runs a model.
 """
 
 from czb_core.tasks.options import NO_BATCH, MetricOptions

@@ -18,26 +18,37 @@ Two task definitions, both consuming predictions and labels (never a model):
 
 Baselines: "no change" predicts the control mean; "mean perturbation effect" predicts the control mean
 plus the average effect of the dataset's other perturbed conditions.
+
+`evaluate_prediction_run` reads a prediction run (`czb_core.models.prediction`) against the dataset it was
+predicted from. It needs the dataset's counts on the same gene axis, read as the model read them: the
+model's data manager decides where the counts and the gene symbols are, so the observed change is computed
+on what the model saw. The condition, its column and the control label default to the run's own parameters
+(`perturbation`, `control_key`, `control_value`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
 from czb_core.errors import InputError
-from czb_core.io.reading import as_csr
-from czb_core.schema.normalization import normalize_log1p, scale_factors, scale_log1p
+from czb_core.io.header import read_header
+from czb_core.io.reading import as_csr, read_anndata
+from czb_core.models.prediction import CONTROL_CELL_COLUMN, PredictedEffect, is_prediction, predicted_effect
+from czb_core.models.registry import get_model
+from czb_core.schema.normalization import TARGET_SUM, log_normalize, scale_factors, scale_log1p
 from czb_core.tasks.differential_expression import top_genes_by_score, wilcoxon_table
 from czb_core.tasks.results import MetricResult
+from czb_core.types import Organism
 
-TARGET_SUM = 1e4  # normalize_total target of the perturbation models and datasets
 DE_TABLE_KEY = "de_results_wilcoxon"
 CONTROL_MAP_KEY = "control_cells_map"
 PVAL_MAX = 1e-4  # strict: pval_adj < PVAL_MAX
@@ -54,12 +65,6 @@ SPEARMAN = "spearman_correlation_calculation"
 # -- expression --------------------------------------------------------------------------------------
 
 
-def log_normalize(x_ng, target_sum: float = TARGET_SUM) -> np.ndarray:
-    """log1p of counts scaled to `target_sum` per cell, computed in float64 and handed over as the dense
-    float32 expression the perturbation models read and predict; a cell without counts stays zero."""
-    return normalize_log1p(x_ng, target_sum, np.float64).toarray().astype(np.float32)
-
-
 def rows_with_label(obs: pd.DataFrame, key: str, value: str) -> np.ndarray:
     """Row numbers of the cells whose `obs[key]` equals `value` (compared as text)."""
     if key not in obs:
@@ -70,35 +75,6 @@ def rows_with_label(obs: pd.DataFrame, key: str, value: str) -> np.ndarray:
         present = pd.unique(labels_n)[:10]
         raise InputError(f"no cell has {key} == {value!r}; values include {', '.join(map(repr, present))}")
     return rows
-
-
-@dataclass(frozen=True)
-class PredictedEffect:
-    """A prediction summarised per gene: the control mean, the predicted mean and their difference."""
-
-    genes_g: np.ndarray
-    control_mean_g: np.ndarray
-    predicted_mean_g: np.ndarray
-
-    @property
-    def change_g(self) -> np.ndarray:
-        return self.predicted_mean_g - self.control_mean_g
-
-    def top_genes(self, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(most increased, most decreased) genes with their control mean, predicted mean and change."""
-        table = pd.DataFrame({"gene": self.genes_g, "control_mean": self.control_mean_g,
-                              "predicted_mean": self.predicted_mean_g, "change": self.change_g})
-        ordered = table.sort_values("change", kind="stable")
-        return (ordered.iloc[::-1].head(n).reset_index(drop=True), ordered.head(n).reset_index(drop=True))
-
-
-def predicted_effect(pred_ng: np.ndarray, control_ng: np.ndarray, genes_g: Sequence[str]) -> PredictedEffect:
-    """The mean predicted expression against the mean of the control cells it was predicted from."""
-    pred_ng, control_ng = np.asarray(pred_ng, dtype=np.float64), np.asarray(control_ng, dtype=np.float64)
-    if pred_ng.shape[1] != control_ng.shape[1] or pred_ng.shape[1] != len(genes_g):
-        raise InputError(f"prediction ({pred_ng.shape[1]} genes), control cells ({control_ng.shape[1]}) and gene "
-                         f"names ({len(genes_g)}) must cover the same genes")
-    return PredictedEffect(np.asarray(genes_g, dtype=str), control_ng.mean(0), pred_ng.mean(0))
 
 
 # -- cz-benchmarks 0.15: perturbation expression prediction ------------------------------------------
@@ -427,6 +403,28 @@ def evaluate_prediction(pred_ng, pred_genes_g: Sequence[str], control_cells_n: S
     metrics = pd.DataFrame(columns)
     metrics.index = pd.MultiIndex.from_tuples(metrics.index, names=["metric", "genes"])
     return PredictionEvaluation(condition, effect, truth_ng.mean(0), metrics.reset_index(), notes)
+
+
+def evaluate_prediction_run(
+    prediction: ad.AnnData, data_path: str | Path, *, organism: Optional[Organism] = None,
+    condition: Optional[str] = None, condition_key: Optional[str] = None, control_name: Optional[str] = None,
+) -> PredictionEvaluation:
+    """The prediction's effect per gene and, when the dataset holds cells of the condition, the 0.10 metrics
+    and the 0.15 Spearman of the model beside the no-change and mean-effect baselines."""
+    if not is_prediction(prediction):
+        raise InputError("this run output is not a perturbation prediction (write one with `czb perturb-predict`)")
+    record = prediction.uns["czb_run"]
+    params = record.get("params") or {}
+    config = get_model(str(record.get("model")))
+    validator = config.load_implementation()(config, record.get("variant"))
+    manager = validator.data_manager(read_header(data_path), organism)
+    adata = read_anndata(data_path)
+    manager.bind(adata)
+    return evaluate_prediction(
+        prediction.X, prediction.var_names, prediction.obs[CONTROL_CELL_COLUMN], manager.counts(), manager.genes_g,
+        adata.obs, adata.uns, condition=str(condition or params.get("perturbation")),
+        condition_key=str(condition_key or params.get("control_key") or "condition"),
+        control_name=str(control_name or params.get("control_value") or "ctrl"), var_names=manager.var_names)
 
 
 def _log_normalize_columns(x_ng, cols: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import pytest
 from czb_core.errors import ConfigError, DatasetValidationError
 from czb_core.models.registry import get_model
 from czb_core.schema.datasets import SingleCellDataset
-from czb_core.tasks.perturbation import log_normalize
+from czb_core.schema.normalization import log_normalize
 from model_runners.scgenept.model import CONTROL_CELL_COLUMN, Scgenept
 from tests.helpers.scgenept_files import (
     CHECKPOINT_NAME, HEADS, PlainScGenePT, write_checkpoint, write_gears_zip, write_vocab,
@@ -144,9 +144,10 @@ def test_checkpoint_of_another_flavour_is_refused(config, served, perturb_h5ad, 
 def test_czb_perturb_predict_writes_the_prediction_and_czb_benchmark_scores_it(
         config, perturb_h5ad, symbols, tmp_path, monkeypatch, capsys):
     from czb_core.cli import main
-    from czb_core.models import pipeline, prediction
+    from czb_core.models import pipeline
+    from czb_core.tasks import perturbation
 
-    for module in (pipeline, prediction):  # the tiny variants on the loopback S3
+    for module in (pipeline, perturbation):  # the tiny variants on the loopback S3
         monkeypatch.setattr(module, "get_model", lambda name: config)
     out = tmp_path / "pred.h5ad"
     code = main(["perturb-predict", str(perturb_h5ad), "--variant", "go", "--perturbation", f"{symbols[3]}+ctrl",
@@ -182,12 +183,13 @@ def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page
     shown on the Results page with the observed change beside the predicted one."""
     import streamlit as st
 
-    from czb_core.models import pipeline, prediction
+    from czb_core.models import pipeline
     from czb_core.service.jobs import JobManager, artifacts, manager as manager_module
+    from czb_core.tasks import perturbation
     from czb_core.service.workspace import Workspace
     from tests.helpers.apptest import page
 
-    for module in (pipeline, prediction, manager_module):
+    for module in (pipeline, perturbation, manager_module):
         monkeypatch.setattr(module, "get_model", lambda name: config)
     st.cache_resource.clear()
     st.cache_data.clear()

@@ -82,8 +82,8 @@ def test_a_model_that_cannot_stream_says_so(cells):
 
 @pytest.mark.parametrize("variant", ["ppca", "ppca_linear_vae"])
 def test_ppca_variants_in_memory_equal_streamed_and_find_the_cell_types(cells, variant):
+    from czb_core.service.baseline import is_the_baseline
     from czb_core.tasks import MetricOptions
-    from czb_core.tasks.baseline import is_the_baseline
     from czb_core.tasks.scoring import score_embedding
 
     adata, path = cells

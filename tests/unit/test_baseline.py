@@ -5,7 +5,8 @@ import numpy as np
 from czb_core.io.hashing import sha256_file
 from czb_core.models import pipeline
 from czb_core.models.pipeline import embed_file
-from czb_core.tasks.baseline import baseline_embedding, baseline_path, is_the_baseline
+from czb_core.service.baseline import baseline_embedding, is_the_baseline
+from czb_core.tasks.baseline import baseline_path
 
 
 def test_the_baseline_is_computed_once_and_equals_a_default_pca_run(small_h5ad, monkeypatch):

@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 
 from czb_core.errors import InputError
+from czb_core.models.prediction import predicted_effect
+from czb_core.schema.normalization import log_normalize
 from czb_core.tasks.perturbation import (
     CONTROL_MAP_KEY, DE_TABLE_KEY, ExpressionTaskInputs, expression_metrics, expression_task_inputs,
-    filter_de_results, log_normalize, mean_effect_baseline, no_change_baseline, predicted_effect,
-    sample_target_genes, score_expression_prediction, single_perturbation_metrics, summarize_scores,
+    filter_de_results, mean_effect_baseline, no_change_baseline, sample_target_genes, score_expression_prediction,
+    single_perturbation_metrics, summarize_scores,
 )
 
 CELLS = ["tA1", "tA2", "c1", "c2", "c3", "tB1"]
@@ -208,8 +210,9 @@ def test_a_prediction_is_scored_on_the_counts_the_model_read_wherever_they_live(
     same counts in X do: the DE table, keyed by the dataset's own gene names, is read on raw.X's genes."""
     import anndata as ad
 
-    from czb_core.models.prediction import CONTROL_CELL_COLUMN, evaluate_prediction_run
+    from czb_core.models.prediction import CONTROL_CELL_COLUMN
     from czb_core.models.registry import get_model
+    from czb_core.tasks.perturbation import evaluate_prediction_run
     from tests.helpers.data import log_normalised
 
     counts = small_adata[:80].copy()

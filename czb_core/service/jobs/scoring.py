@@ -17,10 +17,11 @@ from typing import Callable, Optional
 from czb_core.errors import CzbError
 from czb_core.io.atomic import write_json_atomically
 from czb_core.progress import Throttle
+from czb_core.service.baseline import baseline_embedding, is_the_baseline
 from czb_core.service.jobs.artifacts import METRICS_DIR, read_embedding, read_record
 from czb_core.service.jobs.store import DONE, FAILED, QUEUED, RUNNING, Job, JobStore, Score
 from czb_core.service.workspace import Workspace
-from czb_core.tasks.baseline import baseline_embedding, is_the_baseline, store_baseline
+from czb_core.tasks.baseline import store_baseline
 from czb_core.tasks.options import MetricOptions
 from czb_core.tasks.scoring import score_embedding
 from czb_core.types import Organism
