@@ -9,7 +9,8 @@ import plotly.express as px
 import streamlit as st
 
 from czb_core.errors import CzbError, InputError
-from czb_core.io.exports import download_name, reproduce_script, run_file_stem
+from czb_core.io.exports import download_name, run_file_stem
+from czb_core.models.reproduce import reproduce_script
 from czb_core.service.baseline import is_the_baseline
 from czb_core.service.jobs import artifacts
 from czb_core.service.jobs.manager import is_prediction_model

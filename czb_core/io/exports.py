@@ -1,5 +1,5 @@
-"""An embedding as bytes in the formats users of the nearest tools ask for (besides the slim h5ad), the
-names its downloads share, and the commands that make it again.
+"""An embedding as bytes in the formats users of the nearest tools ask for (besides the slim h5ad), and the
+names its downloads share (the commands that make it again are `czb_core.models.reproduce`).
 
 Every table keeps the cells in the embedding's order and names them, so rows can be joined back to the
 user's own obs; `.npy` has no room for names, so it comes with `cell_ids_txt` in the same order.
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import io
 import re
-import shlex
 import zipfile
 from pathlib import PurePath
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,10 +58,9 @@ def npy_zip(emb_nd: np.ndarray, obs_names: Sequence[str]) -> bytes:
     return buffer.getvalue()
 
 
-# -- names and the reproduce script ------------------------------------------------------------------
+# -- names ------------------------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-DEFAULT_METRICS_SEED = 42  # `czb benchmark --seed` default
 
 
 def _safe(text: str) -> str:
@@ -97,85 +95,3 @@ def param_text(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     return str(value)
-
-
-def changed_params(record: dict) -> dict[str, Any]:
-    """The run's parameters that differ from its variant's defaults (read back from a run record,
-    where lists came back from JSON as lists)."""
-    from czb_core.models.registry import get_model
-
-    config = get_model(record["model"])
-    schema = config.load_implementation().param_schema(config.variant(record["variant"]))
-    given = {k: v for k, v in (record.get("params") or {}).items() if k in schema and v is not None}
-    return schema.changed(schema.resolve(given))
-
-
-def _configured_weights(record: dict) -> Optional[str]:
-    """The weights source the variant names by itself (as `czb models` shows it)."""
-    from czb_core.models.registry import get_model
-
-    variant = get_model(record["model"]).variant(record["variant"])
-    return variant.weights.get("model") or next(iter(variant.weights.values()), None)
-
-
-def recorded_organism(record: dict) -> Optional[str]:
-    """`homo_sapiens` from the record's `homo_sapiens (detected from the gene names)`."""
-    text = str(record.get("organism") or "").strip()
-    return text.split()[0] if text else None
-
-
-def run_command(record: dict, data_file: str, out: str) -> list[str]:
-    """`czb run` argv that embeds `data_file` as the record says: model, variant, organism, device,
-    weights (when not the variant's own), seed, batch size and every other non-default parameter."""
-    argv = ["czb", "run", data_file, "--model", record["model"], "--variant", record["variant"]]
-    organism = recorded_organism(record)
-    if organism:
-        argv += ["--organism", organism]
-    device = str(record.get("device") or "")
-    if device:
-        argv += ["--device", "cuda" if device.startswith("cuda") else "cpu"]
-    weights = record.get("weights_source")
-    if weights and weights != _configured_weights(record):
-        argv += ["--weights", str(weights)]
-    params = changed_params(record)
-    if "seed" in params:
-        argv += ["--seed", str(params.pop("seed"))]
-    if "batch_size" in params:
-        argv += ["--batch-size", str(params.pop("batch_size"))]
-    for key, value in params.items():
-        argv += ["--param", f"{key}={param_text(value)}"]
-    return argv + ["--out", out]
-
-
-def benchmark_command(record: dict, options: dict, h5ad: str, out: str) -> list[str]:
-    """`czb benchmark` argv that scores the embedding in `h5ad` with a metrics document's `options`."""
-    argv = ["czb", "benchmark", h5ad, "--embedding", str(record["obsm_key"]), "--label-key", str(options["label_key"])]
-    if options.get("batch_key"):
-        argv += ["--batch-key", str(options["batch_key"])]
-    if options.get("split_key"):
-        argv += ["--split-key", str(options["split_key"]), "--train", str(options["train"]),
-                 "--test", str(options["test"])]
-    if options.get("tasks"):
-        argv += ["--tasks", *options["tasks"]]
-    if options.get("max_cells"):
-        argv += ["--max-cells", str(options["max_cells"])]
-    organism = recorded_organism(record)
-    if organism:
-        argv += ["--organism", organism]
-    return argv + ["--seed", str(options.get("seed", DEFAULT_METRICS_SEED)), "--out", out]
-
-
-def reproduce_script(record: dict, data_file: str, stem: str, options: Optional[dict] = None) -> str:
-    """A shell script that checks the input by its sha256, embeds it as this run did and (given the
-    metrics document's options) scores it: the commands a methods section can cite."""
-    sha = record["input"]["sha256"]
-    lines = [
-        "#!/bin/sh",
-        f"# Recreates {record['model']} / {record['variant']} on {data_file} (czb {record.get('versions', {}).get('czb_core', '')})",
-        "set -e",
-        f"echo {shlex.quote(f'{sha}  {data_file}')} | sha256sum --check -",
-        shlex.join(run_command(record, data_file, f"{stem}.h5ad")),
-    ]
-    if options:
-        lines.append(shlex.join(benchmark_command(record, options, f"{stem}.h5ad", f"{stem}.metrics.json")))
-    return "\n".join(lines) + "\n"

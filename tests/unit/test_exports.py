@@ -88,9 +88,9 @@ def test_reproduce_script_recreates_the_embedding_through_the_cli(small_h5ad, tm
     import anndata as ad
 
     from czb_core.cli import build_parser, main
-    from czb_core.io.exports import reproduce_script
     from czb_core.io.hashing import sha256_file
     from czb_core.models.pipeline import embed_file
+    from czb_core.models.reproduce import reproduce_script
 
     result = embed_file(small_h5ad, "pca", params={"n_comps": 12, "seed": 3}, input_sha256=sha256_file(small_h5ad))
     run_record = json.loads(record_json(result.record))  # as the job stores it
@@ -118,14 +118,14 @@ def test_reproduce_script_recreates_the_embedding_through_the_cli(small_h5ad, tm
 
 
 def test_reproduce_names_weights_only_when_they_are_not_the_variants_own():
-    from czb_core.io.exports import run_command
+    from czb_core.models.reproduce import run_command
 
     record = {"model": "scvi", "variant": "homo_sapiens", "organism": "homo_sapiens (given)", "device": "cuda:0",
               "params": {"batch_size": 128, "seed": 0, "batch_key": "donor"}, "weights_source": "/mirror/scvi"}
     argv = run_command(record, "d.h5ad", "o.h5ad")
     assert argv[argv.index("--weights") + 1] == "/mirror/scvi" and argv[argv.index("--device") + 1] == "cuda"
     assert "batch_key=donor" in argv
-    from czb_core.io.exports import _configured_weights
+    from czb_core.models.reproduce import _configured_weights
 
     record["weights_source"] = _configured_weights(record)
     assert "--weights" not in run_command(record, "d.h5ad", "o.h5ad")
