@@ -20,12 +20,12 @@ from czb_core.models.weights_admin import (
     fetch_weights,
     import_weights,
     list_weights,
-    may_manage_weights,
     source_sizes,
     variant_weights,
     with_source_sizes,
 )
 from czb_core.progress import format_amount
+from czb_core.service.access import may_manage_weights
 from pages.common import auth_configured, current_user, recall, remember
 
 POLL_S = 1.0

@@ -52,7 +52,6 @@ from czb_core.models.weights import (
 )
 from czb_core.progress import CancelToken, ProgressCallback, format_amount, no_progress
 from czb_core.schema.report import ValidationReport
-from czb_core.service.access import is_admin
 from czb_core.types import Organism
 
 log = logging.getLogger(__name__)
@@ -214,19 +213,6 @@ def verify_weights(model: str, variant: Optional[str] = None,
     """role -> differences between the cached files and their recorded sha256 (empty lists: intact)."""
     cache = cache or WeightsCache()
     return {role: cache.verify(uri) for role, uri in variant_weights(get_model(model), variant).items()}
-
-
-def may_manage_weights(user: str, *, login_required: bool) -> bool:
-    """Who may download or import weights: the cache is shared, and an import vouches for the files (a run
-    unpickles what an admin imported as it would the configured source's bytes).
-
-    With login (`login_required`: the app makes every visitor log in) only the admins (`CZB_ADMINS`) may,
-    and nobody while no admin is named: every account is someone else's, not the server's operator. Without
-    login the app has one local user, the person who started it, who may unless admins are named and that
-    user is not one of them."""
-    if login_required:
-        return is_admin(user)
-    return not get_settings().admins or is_admin(user)
 
 
 def weights_missing(model: str, variant: Optional[str] = None, cache: Optional[WeightsCache] = None) -> Optional[str]:

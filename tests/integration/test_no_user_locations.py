@@ -27,7 +27,8 @@ from czb_core.models.params import Param, ParamSchema, names_a_location
 from czb_core.models.pipeline import embed_file
 from czb_core.models.registry import discover_models, get_model
 from czb_core.models.weights import WeightsCache
-from czb_core.models.weights_admin import import_weights, may_manage_weights
+from czb_core.models.weights_admin import import_weights
+from czb_core.service.access import may_manage_weights
 from czb_core.service.jobs import JobManager
 from czb_core.service.workspace import Workspace
 from tests.helpers.apptest import ROOT, TIMEOUT, fresh_manager, page  # noqa: F401  (fixture)
