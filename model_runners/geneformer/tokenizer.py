@@ -32,8 +32,6 @@ does not (it puts them in token order, as true ties).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,6 +40,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from czb_core.errors import InputError
+from czb_core.models.tokens import RaggedCells, encode_in_parts
 from model_runners.geneformer.dictionaries import GeneDictionaries
 
 TARGET_SUM = 10_000
@@ -81,7 +80,7 @@ class Perturbation:
 
 
 @dataclass(frozen=True)
-class TokenizedCells:
+class TokenizedCells(RaggedCells):
     """A ragged batch of token sequences: cell i is `tokens[offsets[i]:offsets[i + 1]]`.
 
     `n_genes[i]` counts the cell's detected vocabulary genes (before truncation; deleted and activated
@@ -92,31 +91,17 @@ class TokenizedCells:
     offsets: np.ndarray  # int64, n_cells + 1
     n_genes: np.ndarray  # int64
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
     def cell(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def take(self, rows: np.ndarray) -> "TokenizedCells":
         """The cells `rows`, in that order."""
-        lengths = self.lengths[rows]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        starts = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths)
-        return TokenizedCells(self.tokens[np.arange(offsets[-1]) + starts], offsets, self.n_genes[rows])
+        flat, offsets = self.gather(rows)
+        return TokenizedCells(self.tokens[flat], offsets, self.n_genes[rows])
 
     def padded(self, rows: np.ndarray, pad_token: int) -> tuple[np.ndarray, np.ndarray]:
         """(`tokens_bl` int64 padded with `pad_token` to the longest of `rows`, `lengths_b`)."""
-        lengths_b = self.lengths[rows]
-        width = int(lengths_b.max()) if len(rows) else 0
-        positions_bl = self.offsets[:-1][rows, None] + np.arange(width)
-        valid_bl = np.arange(width) < lengths_b[:, None]
-        tokens_bl = np.where(valid_bl, np.take(self.tokens, positions_bl, mode="clip"), pad_token)
-        return tokens_bl.astype(np.int64), lengths_b
+        return self.pad(self.tokens, rows, pad_token, np.int64), self.lengths[rows]
 
     def differs_from(self, other: "TokenizedCells") -> np.ndarray:
         """Per cell: is its sequence different in `other` (length or any token)?"""
@@ -232,45 +217,19 @@ class _ColumnCodes:
 
 def _encode(x_ng: sp.csr_matrix, scale_n: np.ndarray, columns: _ColumnCodes, prefix_p: np.ndarray, slots: int,
             eos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(Flat int32 tokens of all rows, detected genes per row), rows split between worker threads.
-
-    Each thread encodes a run of consecutive rows holding about the same number of stored counts. The
-    runs write into one buffer, each from where it would start if every stored count were a gene (up
-    to `slots` per row); the runs are then moved together and the buffer cut to size, so nothing is
-    copied when no column was dropped or shared.
-    """
-    indptr, workers = x_ng.indptr, _worker_count()
-    n_rows = len(indptr) - 1
-    inner = np.searchsorted(indptr, indptr[-1] * np.arange(1, workers) // workers)
-    bounds = np.concatenate([[0], np.unique(inner[(inner > 0) & (inner < n_rows)]), [n_rows]])
+    """(Flat int32 tokens of all rows, detected genes per row), rows split between worker threads
+    (`encode_in_parts`; a row has room for up to `slots` genes and its special tokens)."""
+    indptr = x_ng.indptr
+    n_genes_n = np.empty(len(indptr) - 1, dtype=np.int64)
     room_n = np.minimum(np.diff(indptr), slots) + len(prefix_p) + (eos >= 0)
-    starts = np.concatenate([[0], np.cumsum(room_n)])[bounds]
-    tokens_t = np.empty(starts[-1], dtype=np.int32)
-    n_genes_n = np.empty(n_rows, dtype=np.int64)
 
-    def run(part: int) -> int:
-        return _encode_rows(indptr, x_ng.indices, x_ng.data, bounds[part], bounds[part + 1], scale_n,
-                            columns.code_c, columns.inv_median_c, columns.slot_c, columns.code_d,
-                            columns.inv_median_d, columns.low, columns.high, prefix_p, slots, eos,
-                            tokens_t, starts[part], n_genes_n)
+    def encode(lo: int, hi: int, start: int, buffers: tuple[np.ndarray, ...]) -> int:
+        return _encode_rows(indptr, x_ng.indices, x_ng.data, lo, hi, scale_n, columns.code_c, columns.inv_median_c,
+                            columns.slot_c, columns.code_d, columns.inv_median_d, columns.low, columns.high,
+                            prefix_p, slots, eos, buffers[0], start, n_genes_n)
 
-    if len(bounds) == 2:
-        ends = [run(0)]
-    else:
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            ends = list(pool.map(run, range(len(bounds) - 1)))
-    at = ends[0]
-    for start, end in zip(starts[1:-1], ends[1:]):
-        tokens_t[at : at + end - start] = tokens_t[start:end]  # numpy copies overlapping ranges safely
-        at += end - start
-    if at < len(tokens_t):
-        tokens_t.resize(at, refcheck=False)  # nothing else refers to the buffer
+    (tokens_t,) = encode_in_parts(indptr, room_n, (np.int32,), encode)
     return tokens_t, n_genes_n
-
-
-def _worker_count() -> int:
-    """Threads to encode with: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @njit(cache=True, nogil=True)

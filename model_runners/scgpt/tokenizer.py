@@ -26,8 +26,6 @@ per cell and the matrix is never densified.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +33,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from czb_core.errors import ConfigError, InputError
+from czb_core.models.tokens import encode_in_parts
 from model_runners.scgpt.cells import TokenizedCells
 from model_runners.scgpt.files import ScgptArgs, Vocab
 
@@ -91,42 +90,23 @@ def tokenize(x_ng: sp.spmatrix, gene_names, vocab: Vocab, args: ScgptArgs, seed:
 
 
 def _encode(x_ng: sp.csr_matrix, token_c: np.ndarray, args: ScgptArgs, cls_id: int, seed: int, first_row: int):
-    """(genes, values, length and detected genes per cell), rows split between worker threads.
-
-    Each thread writes a run of consecutive rows from where it would start if every stored value were a
-    detected gene; the runs are then moved together and the buffers cut to size.
-    """
-    indptr, workers = x_ng.indptr, _worker_count()
+    """(genes, values, length and detected genes per cell), rows split between worker threads
+    (`encode_in_parts`; a row has room for `<cls>` and up to `max_seq_len - 1` genes)."""
+    indptr = x_ng.indptr
     n_rows = len(indptr) - 1
-    inner = np.searchsorted(indptr, indptr[-1] * np.arange(1, workers) // workers)
-    bounds = np.concatenate([[0], np.unique(inner[(inner > 0) & (inner < n_rows)]), [n_rows]])
     max_genes = args.max_seq_len - 1
-    room_n = np.minimum(np.diff(indptr), max_genes) + 1
-    starts = np.concatenate([[0], np.cumsum(room_n)])[bounds]
-    genes_t = np.empty(starts[-1], dtype=np.int32)
-    values_t = np.empty(starts[-1], dtype=np.float32)
     lengths_n = np.empty(n_rows, dtype=np.int64)
     n_genes_n = np.empty(n_rows, dtype=np.int64)
     quantiles_e = np.linspace(0, 1, args.n_bins - 1)
 
-    def run(part: int) -> int:
-        return _encode_rows(indptr, x_ng.indices, x_ng.data, token_c, bounds[part], bounds[part + 1], quantiles_e,
-                            max_genes, cls_id, np.float32(args.pad_value), np.uint64(seed), np.int64(first_row),
-                            genes_t, values_t, starts[part], lengths_n, n_genes_n)
+    def encode(lo: int, hi: int, start: int, buffers: tuple[np.ndarray, ...]) -> int:
+        genes_t, values_t = buffers
+        return _encode_rows(indptr, x_ng.indices, x_ng.data, token_c, lo, hi, quantiles_e, max_genes, cls_id,
+                            np.float32(args.pad_value), np.uint64(seed), np.int64(first_row), genes_t, values_t,
+                            start, lengths_n, n_genes_n)
 
-    if len(bounds) == 2:
-        ends = [run(0)]
-    else:
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            ends = list(pool.map(run, range(len(bounds) - 1)))
-    at = ends[0]
-    for start, end in zip(starts[1:-1], ends[1:]):  # numpy copies overlapping ranges safely
-        genes_t[at : at + end - start] = genes_t[start:end]
-        values_t[at : at + end - start] = values_t[start:end]
-        at += end - start
-    if at < len(genes_t):
-        genes_t.resize(at, refcheck=False)  # in place: nothing else refers to the buffers
-        values_t.resize(at, refcheck=False)
+    genes_t, values_t = encode_in_parts(indptr, np.minimum(np.diff(indptr), max_genes) + 1,
+                                        (np.int32, np.float32), encode)
     return genes_t, values_t, lengths_n, n_genes_n
 
 
@@ -143,11 +123,6 @@ def _counts_csr(x_ng: sp.spmatrix) -> sp.csr_matrix:
         if smallest < 0:
             raise InputError("the counts hold negative values; scGPT needs raw counts, not scaled or log data")
     return x_ng
-
-
-def _worker_count() -> int:
-    """Threads to tokenize with: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @njit(cache=True, nogil=True)

@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from czb_core.errors import ConfigError, InputError, WeightsError
+from czb_core.models import tokens as tokens_module
 from czb_core.models.safe_pickle import UnsafePickleError, load_pickle
-from model_runners.geneformer import tokenizer as tokenizer_module
 from model_runners.geneformer.dictionaries import GeneDictionaries, load_dictionaries
 from tests.helpers.geneformer_files import (
     FILES, V1_SPECIALS, V2_SPECIALS, Exploit, as_lists, dictionary_contents, reference_tokens, write_dictionaries,
@@ -162,7 +162,7 @@ def test_large_cells_equal_the_reference_whatever_the_thread_split(monkeypatch, 
     """Cells of hundreds of genes, a third of them in groups of exactly equal values (one count value over
     a median of 1): the bucket sort's crowded buckets, truncation, and rows split between threads whose
     outputs close up where unknown genes and columns of a shared gene left room."""
-    monkeypatch.setattr(tokenizer_module, "_worker_count", lambda: workers)
+    monkeypatch.setattr(tokens_module, "worker_count", lambda: workers)
     rng = np.random.default_rng(5)
     genes = [f"ENSG{i:011d}" for i in range(1, 1501)]
     medians = dict(zip(genes, np.where(rng.random(1500) < 0.3, 1.0, rng.lognormal(0, 1, 1500))))

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from czb_core.errors import ConfigError, InputError, WeightsError
-from model_runners.scgpt import tokenizer as tokenizer_module
+from czb_core.models import tokens as tokens_module
 from model_runners.scgpt.files import ScgptArgs, Vocab, load_args, load_vocab
 from model_runners.scgpt.tokenizer import COUNTED_MAX, match_genes, tokenize
 from tests.helpers.scgpt_files import TINY_ARGS, gene_symbols, write_checkpoint
@@ -167,7 +167,7 @@ def test_the_thread_split_does_not_change_the_result(monkeypatch):
     genes = gene_symbols(200)
     results = []
     for workers in (1, 3):
-        monkeypatch.setattr(tokenizer_module, "_worker_count", lambda workers=workers: workers)
+        monkeypatch.setattr(tokens_module, "worker_count", lambda workers=workers: workers)
         results.append(tokenize(x, genes, vocab_of(genes), args_with(max_seq_len=60), seed=4))
     assert np.array_equal(results[0].genes, results[1].genes)
     assert np.array_equal(results[0].values, results[1].values)
