@@ -342,13 +342,18 @@ UCE_SIZES = {  # encoder layers of the published checkpoints; both: d_model 1,28
 UCE_TINY = {"tiny 2-layer": dict(n_layers=2, d_model=40, n_heads=20, d_hid=64, token_dim=64, decoder_dims=(32, 24, 24, 24))}
 UCE_CELLS = {"4-layer": 1_000, "33-layer": 200}  # fp32: about 310 GFLOP (4-layer), 2.4 TFLOP (33-layer) per cell
 UCE_TABLE_ROWS, UCE_GENE_ROWS, UCE_CHROMOSOMES = 145_469, 143_574, 25  # the published table; a human-like genome
+UCE_CHROMOSOME_GENES = (2050, 1250, 1080, 750, 880, 1040, 920, 680, 780, 730, 1300, 1030, 320, 610, 600, 850,
+                        1180, 270, 1470, 540, 230, 440, 840, 45, 13)  # protein-coding genes on 1-22, X, Y, MT
+UCE_DETECTED = (500, 2_500)  # detected genes per cell
 UCE_LAYOUT = {"real": (1_024, 1_536), "quick": (160, 256)}  # (sampled genes, padded length)
 UCE_BATCH = {"4-layer": 100, "33-layer": 25, "tiny 2-layer": 16}  # this runner's GPU batch (config.yaml)
 UCE_REFERENCE_BATCH = 25  # the authors' default batch size
 
 
 def generate_uce_cells(n_cells: int, seed: int, sample_size: int, pad_length: int, table_rows: int):
-    """Sentences as the sampler lays them out: `sample_size` genes of random chromosomes, grouped, padded."""
+    """Sentences as the sampler lays them out, from real-shaped cells: genes on chromosomes sized as the
+    human genome's, each cell drawing `sample_size` times from its own detected genes. Cells miss some small
+    chromosomes, so sentence lengths vary as in real data (which sets how many batches this runner needs)."""
     from model_runners.uce.sampler import SentenceSpec, build_sentences
 
     rng = np.random.default_rng(seed)
@@ -357,15 +362,17 @@ def generate_uce_cells(n_cells: int, seed: int, sample_size: int, pad_length: in
     spec = SentenceSpec(sample_size, pad_length, pad_token=0, cls_token=3, chrom_right_token=2,
                         chrom_token_offset=chrom_offset)
     token_g = rng.integers(4, chrom_offset, n_genes)
-    genes_ns = rng.integers(0, n_genes, (n_cells, sample_size))
-    return build_sentences(genes_ns, token_g, rng.integers(0, UCE_CHROMOSOMES, n_genes),
-                           rng.integers(0, 10**8, n_genes), spec, rng)
+    sizes = np.array(UCE_CHROMOSOME_GENES, dtype=float)
+    chrom_g = rng.choice(UCE_CHROMOSOMES, n_genes, p=sizes / sizes.sum())
+    detected_n = np.minimum(rng.integers(*UCE_DETECTED, n_cells), n_genes)
+    genes_ns = np.stack([rng.choice(n_genes, d, replace=False)[rng.integers(0, d, sample_size)] for d in detected_n])
+    return build_sentences(genes_ns, token_g, chrom_g, rng.integers(0, 10**8, n_genes), spec, rng)
 
 
 def describe_uce_cells(cells) -> str:
     tokens_nl, lengths_n = cells
     return (f"{len(lengths_n):,} generated cells of {lengths_n.min():,}-{lengths_n.max():,} used tokens "
-            f"(mean {lengths_n.mean():,.0f}), padded to {tokens_nl.shape[1]:,}")
+            f"(mean {lengths_n.mean():,.0f}, {len(np.unique(lengths_n))} lengths), padded to {tokens_nl.shape[1]:,}")
 
 
 def random_uce_network(dims: dict, table_rows: int, max_len: int, attention: str, device: str):
@@ -394,28 +401,35 @@ def random_uce_network(dims: dict, table_rows: int, max_len: int, attention: str
 
 
 def prepare_uce(dims: dict, table_rows: int, max_len: int, attention: str, precision: str, batch_size: int,
-                trim: bool, device: str):
-    """`embed(cells)` through this runner's `UceEncoder`; `trim`: the authors' way, each batch of
-    `batch_size` consecutive cells cut to its longest sentence (batch-dependent outputs), else the full
-    padded length (this runner)."""
+                authors: bool, device: str):
+    """`embed(cells)` through this runner's network. `authors`: their batching, `batch_size` consecutive
+    cells cut to the longest sentence among them, the shorter ones padded under the float mask; else this
+    runner's `UceEncoder.embed` (batches of up to `batch_size` sentences of one length, no padding)."""
+    import torch
+
     from model_runners.uce.encoder import UceEncoder
 
     encoder = UceEncoder(random_uce_network(dims, table_rows, max_len, attention, device), device)
 
     def embed_cells(cells) -> None:
         tokens_nl, lengths_n = cells
-        if not trim:
+        if not authors:
             encoder.embed(tokens_nl, lengths_n, batch_size, precision)
             return
-        for start in range(0, len(lengths_n), batch_size):
-            lengths_b = lengths_n[start : start + batch_size]
-            encoder.embed(tokens_nl[start : start + batch_size, : int(lengths_b.max())], lengths_b, batch_size, precision)
+        with torch.inference_mode():
+            for start in range(0, len(lengths_n), batch_size):
+                lengths_b = torch.from_numpy(lengths_n[start : start + batch_size]).to(device)
+                width = int(lengths_b.max())
+                tokens_bl = torch.from_numpy(tokens_nl[start : start + batch_size, :width]).to(device)
+                used_bl = (torch.arange(width, device=device)[None, :] < lengths_b[:, None]).float()
+                encoder.network(tokens_bl, used_bl).cpu()
 
     return embed_cells
 
 
 def uce_entries(quick: bool) -> list[SuiteEntry]:
-    """Each published depth (a tiny one under `quick`): the authors' batches and this runner's."""
+    """Each published depth (a tiny one under `quick`): the authors' batches and this runner's (which
+    never pads, so it may run more, smaller batches: the rows say what that costs)."""
     sizes = UCE_TINY if quick else UCE_SIZES
     sample_size, pad_length = UCE_LAYOUT["quick" if quick else "real"]
     table_rows = 1_000 if quick else UCE_TABLE_ROWS
@@ -424,10 +438,11 @@ def uce_entries(quick: bool) -> list[SuiteEntry]:
         batch = UCE_BATCH[size]
         build = partial(prepare_uce, dims, table_rows, pad_length)
         setups = (
-            Setup(f"fp32, eager attention, batches of {UCE_REFERENCE_BATCH} trimmed to their longest (authors)",
+            Setup(f"fp32, eager attention, batches of {UCE_REFERENCE_BATCH} cut to their longest (authors)",
                   partial(build, "eager", "fp32", UCE_REFERENCE_BATCH, True)),
-            Setup(f"fp32, SDPA, padded to {pad_length}, batch {batch}", partial(build, "sdpa", "fp32", batch, False)),
-            Setup(f"bf16 autocast, SDPA, padded to {pad_length}, batch {batch}",
+            Setup(f"fp32, SDPA, batches of up to {batch} of one length",
+                  partial(build, "sdpa", "fp32", batch, False)),
+            Setup(f"bf16 autocast, SDPA, batches of up to {batch} of one length",
                   partial(build, "sdpa", "bf16", batch, False)),
         )
         n_cells = QUICK_CELLS if quick else UCE_CELLS[size]

@@ -31,6 +31,13 @@ class ModelType(str, Enum):
         return self.value
 
 
+class Output(str, Enum):
+    """What a model gives for a dataset."""
+
+    EMBEDDING = "embedding"  # cells x dims: UMAP, embedding metrics, the baseline beside it
+    PREDICTION = "prediction"  # predicted expression: read on the Results page, scored as a prediction
+
+
 @dataclass(frozen=True)
 class DataTypeSpec:
     """What a DataType holds: the Python type of its value and whether models read or write it."""

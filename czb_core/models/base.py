@@ -23,6 +23,7 @@ import numpy as np
 
 from czb_core.errors import ConfigError, DatasetValidationError, DeviceOutOfMemory, WeightsError
 from czb_core.io.header import header_from_anndata
+from czb_core.models.description import check_resources
 from czb_core.models.device import is_cuda_oom, resolve_device
 from czb_core.models.params import Param, ParamSchema, common_params
 from czb_core.models.registry import ModelConfig, VariantConfig
@@ -40,6 +41,8 @@ class BaseModelImplementation(ABC):
     """One model variant with its parameters, ready to run on datasets. Subclasses mix in their validator first."""
 
     params: ClassVar[tuple[Param, ...]] = ()  # the model's own parameters (seed and batch_size are common)
+    # keys every variant's `resources` in config.yaml must hold: checked once, at discovery (`describe`)
+    required_resources: ClassVar[tuple[str, ...]] = ()
     default_batch_size: ClassVar[Optional[int]] = 64  # None: chosen from free GPU memory by the runner
     streams: ClassVar[bool] = False  # True: `embed_blocks` reads a dataset larger than memory in row blocks
     row_alignment: ClassVar[int] = 1  # cells drawing from one seeded generator: chunks and shards never split them
@@ -67,6 +70,7 @@ class BaseModelImplementation(ABC):
         self.display_name = config.display_name
         self.weights_uri = weights_uri
         self._weights_cache = weights_cache
+        check_resources(config, self.variant, self.required_resources)
         self.schema = self.param_schema(self.variant_config)
         self.args = argparse.Namespace(**self.schema.resolve({**self.schema.from_argv(argv or ()), **params}))
         self.check_params()

@@ -25,7 +25,7 @@ from czb_core.schema.data_manager import ENSEMBL_COLUMNS, SYMBOL_COLUMNS, DataMa
 from czb_core.schema.datasets import BaseDataset, SingleCellDataset
 from czb_core.schema.species import GeneIdSystem
 from czb_core.schema.report import Severity, ValidationReport
-from czb_core.types import DataType, ModelType, Organism
+from czb_core.types import DataType, ModelType, Organism, Output
 
 SMALL_PANEL_SHARE = 0.25  # of a model's vocabulary: below it, the dataset looks like a targeted gene panel
 COUNTS_FIX = (
@@ -39,6 +39,7 @@ class BaseModelValidator(ABC):
 
     dataset_type: ClassVar[type[BaseDataset]]
     model_type: ClassVar[ModelType]
+    output: ClassVar[Output] = Output.EMBEDDING
     display_name: str = ""
 
     @property
@@ -52,7 +53,7 @@ class BaseModelValidator(ABC):
 
     @property
     def outputs(self) -> set[DataType]:
-        return {DataType.EMBEDDING}
+        return {DataType.EMBEDDING if self.output == Output.EMBEDDING else DataType.PERTURBATION_PRED}
 
     def validate_dataset(self, dataset: BaseDataset) -> ValidationReport:
         """Check type and inputs, then every model check; raise one error listing all blocking problems."""

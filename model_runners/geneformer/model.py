@@ -87,7 +87,6 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
     """One Geneformer variant. Per-variant facts (dictionary files, special tokens, input size, whether
     <cls>/<eos> are added) are the variant's `resources` in config.yaml; its params set defaults."""
 
-    display_name = "Geneformer"
     params = (
         Param("emb_mode", "str", "cls", "cls: the <cls> position (V2 only); cell: the mean of gene positions",
               label="Embedding", choices=("cls", "cell")),
@@ -103,13 +102,10 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
     )
     default_batch_size = None  # from the free GPU memory, 16 on the CPU (see CellEncoder.auto_batch_size)
     embeds_cells_apart = True  # each cell's rank-value tokens and forward pass are its own
-    RESOURCES = ("token_dictionary_file", "gene_median_file", "gene_mapping_file", "n_special_tokens",
-                 "model_input_size", "add_cls_eos")
+    required_resources = ("token_dictionary_file", "gene_median_file", "gene_mapping_file", "n_special_tokens",
+                          "model_input_size", "add_cls_eos")
 
     def check_params(self) -> None:
-        missing = [key for key in self.RESOURCES if key not in self.variant_config.resources]
-        if missing:
-            raise ConfigError(f"variant {self.variant} of {self.display_name} lacks resources {missing} in config.yaml")
         if self.args.emb_mode == "cls" and not self.variant_config.resources["add_cls_eos"]:
             raise ConfigError(f"{self.variant} has no <cls> token, so emb_mode=cls is impossible; use emb_mode=cell")
 

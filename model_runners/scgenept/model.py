@@ -30,7 +30,7 @@ from czb_core.schema.data_manager import DataManager, DataNeeds
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.tasks.perturbation import log_normalize, predicted_effect
-from czb_core.types import ModelType, Organism
+from czb_core.types import ModelType, Organism, Output
 from model_runners.scgenept.perturbation import (
     CONTROL, flags_of, parse_perturbation, read_training_conditions, trained_genes, unknown_genes_message,
 )
@@ -46,6 +46,7 @@ class ScgeneptValidator(BaseSingleCellValidator):
     vocabulary overlap and the perturbation (trained on, in the vocabulary, among the dataset's genes)."""
 
     model_type = ModelType.SCGENEPT
+    output = Output.PREDICTION
     available_organisms = (Organism.HUMAN,)
     required_obs_keys = ()  # the control column is a parameter: see data_needs
     required_var_keys = ()
@@ -134,7 +135,6 @@ class ControlSample:
 class Scgenept(ScgeneptValidator, BaseModelImplementation):
     """One scGenePT flavour fine-tuned on one screen."""
 
-    display_name = "scGenePT"
     params = (
         Param("perturbation", "str", "", "GENE+ctrl or GENE1+GENE2, genes of the variant's training screen",
               label="Perturbation"),
@@ -146,12 +146,9 @@ class Scgenept(ScgeneptValidator, BaseModelImplementation):
         precision_param(),
     )
     default_batch_size = 8
-    RESOURCES = ("text_encoders", "n_heads", "training_dataset")
+    required_resources = ("text_encoders", "n_heads", "training_dataset")
 
     def check_params(self) -> None:
-        missing = [key for key in self.RESOURCES if key not in self.variant_config.resources]
-        if missing:
-            raise ConfigError(f"variant {self.variant} of {self.display_name} lacks resources {missing} in config.yaml")
         if self.args.perturbation:
             parse_perturbation(self.args.perturbation)
 

@@ -77,7 +77,6 @@ class ScgptValidator(BaseSingleCellValidator):
 class Scgpt(ScgptValidator, BaseModelImplementation):
     """One scGPT checkpoint. The whole-human variant downloads its folder; the others take it from `--weights`."""
 
-    display_name = "scGPT"
     params = (
         Param("emb_mode", "str", "cls", "cls: the output at <cls> (the authors' and cz-benchmarks' choice); "
               "mean: the average over the cell's gene positions", label="Embedding", choices=EMBEDDING_MODES),

@@ -130,7 +130,6 @@ class LoadedTranscriptformer:
 class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
     """One TranscriptFormer variant; sizes, tokens and gene tables come from its checkpoint."""
 
-    display_name = "TranscriptFormer"
     params = (
         precision_param(),
         Param("attention", "str", "auto", "auto: FlexAttention on a GPU, eager products on the CPU; both compute "

@@ -8,8 +8,16 @@ genes against the organism's files (case-insensitive symbols; genes without a pr
 chromosome position are dropped and counted) and, when asked for, applies the authors' optional filter
 (genes detected in >= 10 cells, then cells with >= 25 of those genes) by marking the dropped cells in the
 data manager, so the output keeps the input order of the kept cells and names the dropped ones.
-`prepare` restricts the counts to the usable genes; `embed` samples each chunk of cells' sentences
-(`sampler`) and runs the network (`encoder`) at the full padded length, whatever the batch size.
+`prepare` restricts the counts to the usable genes; `embed` samples each group of cells' sentences
+(`sampler`) and runs the network (`encoder`) on batches of sentences of one length, cut to that length.
+
+Chunked and sharded runs equal the whole run. A cell's sentence is drawn from the generator of its group
+of `CHUNK_CELLS` input rows, and chunks and Ray shards hold whole groups (`row_alignment`), so every cell
+gets the sentence it gets in the whole run. Its batch may differ (batches are formed per group, and the
+batch size may be the CPU's, the GPU's, or one halved after a CUDA out-of-memory error), but a batch never
+carries a pad, so the other cells of a batch do not enter a cell's embedding: what is left is
+floating-point summation order (the encoder's batch-dependence figure; `tests/integration/test_uce_run.py`
+compares a streamed run with the whole one, and batches of 1 with batches of 5).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import numpy as np
 
 from czb_core.errors import ConfigError, WeightsError
 from czb_core.models.base import BaseModelImplementation
-from czb_core.models.params import Param
+from czb_core.models.inference import autocast_dtype, precision_name
+from czb_core.models.params import Param, precision_param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.report import Severity, ValidationReport
@@ -32,7 +41,7 @@ from model_runners.uce.sampler import CHUNK_CELLS, CountsBlock, SentenceSpec, sa
 
 MODEL_FILES = "model_files"  # the weights entry of the shared model files
 FILTER_MIN_CELLS, FILTER_MIN_GENES = 10, 25  # the authors' optional filter
-CPU_BATCH_SIZE = 4  # 1,536-token sentences of 5,120-wide rows: a few cells at a time on a CPU
+CPU_BATCH_SIZE = 4  # ~1,070-token sentences of 5,120-wide rows: a few cells at a time on a CPU
 NO_COUNTS_FIX = (
     "drop cells without counts in UCE's genes, e.g. sc.pp.filter_cells(adata, min_genes=1) after keeping the "
     "genes UCE embeds, or run with filter=true (the authors' filter)"
@@ -82,30 +91,23 @@ class UceInputs:
 class UCE(UCEValidator, BaseModelImplementation):
     """One UCE variant; per-variant facts are the variant's `resources` in config.yaml."""
 
-    display_name = "UCE"
     params = (
-        Param("precision", "str", "fp32", "fp32 (default, the reference); bf16: autocast on a GPU, faster, within "
-              "1e-3 cosine of fp32 in the tests (refused on the CPU)", label="Precision", choices=("fp32", "bf16")),
+        precision_param("fp32"),  # the reference by default: bf16 is faster, within 1e-3 cosine of fp32 in the tests
         Param("filter", "bool", False, f"the authors' filter: keep genes detected in >= {FILTER_MIN_CELLS} cells, "
               f"then cells with >= {FILTER_MIN_GENES} of them; dropped cells are named in the run record",
               label="Filter cells and genes"),
     )
     default_batch_size = None  # the variant's GPU batch (resources) on a GPU, CPU_BATCH_SIZE on the CPU
     row_alignment = CHUNK_CELLS  # the cells sampled from one generator
-    RESOURCES = ("model_file", "n_heads", "sample_size", "pad_length", "pad_token", "chrom_token_right",
-                 "cls_token", "token_file", "offsets_file", "chrom_file", "protein_embeddings_dir", "species",
-                 "gpu_batch_size")
+    required_resources = ("model_file", "n_heads", "sample_size", "pad_length", "pad_token", "chrom_token_right",
+                          "cls_token", "token_file", "offsets_file", "chrom_file", "protein_embeddings_dir", "species",
+                          "gpu_batch_size")
 
     @property
     def embeds_cells_apart(self) -> bool:
         """Cells embed apart, unless the authors' filter is on: it keeps genes by how many cells of the whole
         dataset detect them."""
         return not self.args.filter
-
-    def check_params(self) -> None:
-        missing = [key for key in self.RESOURCES if key not in self.variant_config.resources]
-        if missing:
-            raise ConfigError(f"variant {self.variant} of {self.display_name} lacks resources {missing} in config.yaml")
 
     def weights_sources(self) -> dict[str, str]:
         sources = super().weights_sources()
@@ -152,8 +154,6 @@ class UCE(UCEValidator, BaseModelImplementation):
     def load(self, weights_dir: Path, device: str) -> None:
         from model_runners.uce.encoder import UceFormatError, load_encoder
 
-        if self.args.precision == "bf16" and not device.startswith("cuda"):
-            raise ConfigError("precision=bf16 is autocast on a GPU; on the CPU UCE runs in fp32 (precision=fp32)")
         path = model_file(Path(weights_dir), self.variant_config.resources["model_file"])
         try:
             self.model = load_encoder(path, int(self.variant_config.resources["n_heads"]), device)
@@ -195,18 +195,19 @@ class UCE(UCEValidator, BaseModelImplementation):
         progress("embed", 0, n_cells)
         for tokens_nl, lengths_n in sample_sentences(inputs.block, inputs.token_u, inputs.chrom_u, inputs.start_u,
                                                      inputs.spec, self.args.seed, inputs.rows_n):
-            def after_batch(n_done: int, first: int = done) -> None:
-                progress("embed", first + n_done, n_cells)
-                cancel.check()
+            def chunk_progress(step: str, n_done: float, total, first: int = done) -> None:
+                progress(step, first + n_done, n_cells)
 
-            parts.append(self.model.embed(tokens_nl, lengths_n, self.batch_size_used, self.args.precision,
-                                          after_batch))
+            batched = self.model.embed(tokens_nl, lengths_n, self.batch_size_used, self.args.precision,
+                                       chunk_progress, cancel)
+            self.batch_size_used = batched.batch_size
+            parts.append(batched.outputs[0])
             done += len(tokens_nl)
         emb_nd = np.concatenate(parts) if parts else np.zeros((0, self.model.dims.output_dim), np.float32)
-        facts = {**inputs.facts, "precision": self.args.precision,
+        facts = {**inputs.facts, "precision": precision_name(autocast_dtype(self.args.precision, self.model.device)),
                  "token table": (f"{self.model.table_bytes / 1e9:.2f} GB, {self.model.table_dtype} "
                                  f"on {self.model.device}"),
-                 "padded length": inputs.spec.pad_length}
+                 "batches": f"up to {self.batch_size_used} cells of one sentence length, no padding"}
         notes = []
         if facts["cells dropped by the filter"]:
             dropped = facts["cells dropped by the filter"]

@@ -4,7 +4,8 @@ Per cell: weights log1p(counts) over the usable genes, normalised to sum 1; `sam
 with replacement in proportion to them; the drawn genes grouped by chromosome, the chromosomes in a
 random order, the genes of a chromosome sorted by genomic start; the sentence is
 `[CLS]` then, per chromosome, `[chromosome token] genes [chrom right]`, padded with the pad token to
-`pad_length`. The mask marks the used positions.
+`pad_length` (as the authors' sampler does; the encoder cuts every batch to its sentences' length). The
+lengths mark the used positions.
 
 Vectorised: one inverse-CDF search draws every cell's genes (row index + cumulative share, so one
 sorted array serves all rows), one random key per (cell, chromosome) shuffles the chromosome order,

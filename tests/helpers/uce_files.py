@@ -15,6 +15,7 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -37,9 +38,12 @@ class SpeciesGenes:
 
 
 def write_model_files(folder: Path, species: list[SpeciesGenes], token_dim: int, seed: int = 0,
-                      first_row: int = 4) -> tuple[int, int]:
+                      first_row: int = 4, token_rows: Optional[int] = None) -> tuple[int, int]:
     """Write model_files/ under `folder`; returns (token rows N, chromosome categories). Species rows start
-    at `first_row`, so no gene token coincides with the pad, chromosome-closing or CLS ids (0-3)."""
+    at `first_row`, so no gene token coincides with the pad, chromosome-closing or CLS ids (0-3).
+    `token_rows`: pad `all_tokens.torch` with random rows to that many (the published file's 143,574, which
+    the authors' code takes as the place where chromosome tokens start). A symbol listed twice under
+    upper-casing gets one CSV row, as the authors' lookup by upper-cased symbol needs."""
     rng = torch.Generator().manual_seed(seed)
     (folder / "protein_embeddings").mkdir(parents=True, exist_ok=True)
     offsets, rows, n_rows = {}, [], first_row
@@ -50,9 +54,14 @@ def write_model_files(folder: Path, species: list[SpeciesGenes], token_dim: int,
         n_rows += len(sp.symbols)
         rows += [(sp.key, s.upper(), c, st) for s, c, st in zip(sp.symbols, sp.chromosomes, sp.starts)]
     csv = pd.DataFrame(rows, columns=["species", "gene_symbol", "chromosome", "start"])
+    csv = csv.drop_duplicates(["species", "gene_symbol"])
     csv["end"] = csv["start"] + 1000
     csv.to_csv(folder / "species_chrom.csv", index=False)
     (folder / "species_offsets.pkl").write_bytes(pickle.dumps(offsets, protocol=4))
+    if token_rows is not None:
+        if token_rows < n_rows:
+            raise ValueError(f"{n_rows} gene rows do not fit in {token_rows} token rows")
+        n_rows = token_rows
     torch.save(torch.randn(n_rows, token_dim, generator=rng), folder / "all_tokens.torch")
     n_chrom = len(pd.Categorical(csv["species"] + "_" + csv["chromosome"]).categories)
     return n_rows, n_chrom
@@ -102,10 +111,12 @@ def write_checkpoint(path: Path, n_gene_rows: int, n_chrom: int, seed: int = 0, 
     return model
 
 
-def reference_embedding(model: ReferenceUce, tokens: list[int], pad_length: int = PAD_LENGTH) -> np.ndarray:
-    """One cell: tokens padded with 0 to `pad_length`, mask 1 on used positions, the documented forward
-    pass with `1 - mask` passed as a float key-padding mask."""
+def reference_embedding(model: ReferenceUce, tokens: list[int], pad_length: Optional[int] = None) -> np.ndarray:
+    """One cell: tokens padded with 0 to `pad_length` (default: none, as the authors' collator cuts a batch
+    of one cell to its sentence), mask 1 on used positions, the documented forward pass with `1 - mask`
+    passed as a float key-padding mask."""
     length = len(tokens)
+    pad_length = length if pad_length is None else pad_length
     ids = torch.tensor(tokens + [PAD] * (pad_length - length)).unsqueeze(1)  # seq-first, batch of one
     mask = torch.cat([torch.ones(length), torch.zeros(pad_length - length)]).unsqueeze(0)
     with torch.no_grad():

@@ -1,9 +1,10 @@
 """UCE runs end to end on tiny files in the real formats, served by a loopback S3 server.
 
 The variant under test is the real config's `4l` with its URIs pointed at the moto bucket (sizes come
-from the tiny checkpoint; the sequence layout, 1,024 genes padded to 1,536, is the real one). The
-batched path is checked against a one-cell reference written with plain torch.nn (`tests/helpers/
-uce_files.py`), and the sentences against the test's own reading of the files.
+from the tiny checkpoint; the sequence layout, 1,024 genes in sentences of up to 1,536, is the real one).
+The batched path is checked against a one-cell reference written with plain torch.nn (`tests/helpers/
+uce_files.py`): each cell alone, cut to its sentence, as the authors' collator cuts a batch of one; and
+the sentences against the test's own reading of the files.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from model_runners.uce import files
 from model_runners.uce.model import MODEL_FILES, UCE
 from model_runners.uce.sampler import sample_sentences
 from tests.helpers.geneformer_files import Exploit
-from tests.helpers.uce_files import (CHROM_RIGHT, CLS, TINY, SpeciesGenes, chromosome_codes, reference_embedding,
-                                     write_checkpoint, write_model_files)
+from tests.helpers.uce_files import (CHROM_RIGHT, CLS, PAD_LENGTH, TINY, SpeciesGenes, chromosome_codes,
+                                     reference_embedding, write_checkpoint, write_model_files)
 
 HUMAN_PLACED, HUMAN_UNPLACED = 250, 10  # of the 300 genes of `small_adata`: the rest have no embedding
 CHROMOSOMES = ("1", "10", "2", "MT", "X")
@@ -149,10 +150,11 @@ def runner_sentences(impl: UCE, manager_path, config) -> tuple[np.ndarray, np.nd
     return np.concatenate([t for t, _ in parts]), np.concatenate([n for _, n in parts])
 
 
-def test_batched_run_matches_a_one_cell_reference_padded_to_1536(config, served, small_adata, write_h5ad):
+def test_batched_run_matches_a_one_cell_reference_without_padding(config, served, small_adata, write_h5ad):
     path = write_h5ad(human_cells(small_adata))
     impl, output, emb_nd = run(config, path, batch_size=5, seed=3)
     tokens_nl, lengths_n = runner_sentences(impl, path, config)
+    assert len(set(lengths_n)) > 1  # cells of several lengths: batches of one length, never padded
     reference_nd = np.stack([reference_embedding(served.model, tokens_nl[i, :n].tolist())
                              for i, n in enumerate(lengths_n)])
     assert emb_nd.shape == (24, TINY["decoder"][1])
@@ -160,8 +162,13 @@ def test_batched_run_matches_a_one_cell_reference_padded_to_1536(config, served,
     np.testing.assert_allclose(np.linalg.norm(emb_nd, axis=1), 1.0, atol=1e-5)
     one_by_one = run(config, path, batch_size=1, seed=3)[2]
     np.testing.assert_allclose(one_by_one, emb_nd, atol=1e-6)
-    trimmed = reference_embedding(served.model, tokens_nl[0, : lengths_n[0]].tolist(), pad_length=int(lengths_n.max()))
-    assert np.abs(trimmed - emb_nd[0]).max() > 1e-4  # the +1 quirk: the padded length changes the output
+    short = int(np.argmin(lengths_n))
+    sentence = tokens_nl[short, : lengths_n[short]].tolist()
+    longest = reference_embedding(served.model, sentence, pad_length=int(lengths_n.max()))
+    padded = reference_embedding(served.model, sentence, pad_length=PAD_LENGTH)
+    for other in (longest, padded):  # the +1 quirk: padding the cell would change its output
+        assert np.abs(other - emb_nd[short]).max() > 1e-4
+    assert output.facts["batches"] == "up to 5 cells of one sentence length, no padding"
     assert output.facts["genes used"] == HUMAN_PLACED
     assert output.facts["genes without a protein embedding"] == 300 - HUMAN_PLACED - HUMAN_UNPLACED
     assert output.facts["genes without a chromosome position"] == HUMAN_UNPLACED

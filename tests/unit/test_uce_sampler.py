@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model_runners.uce.sampler import (CHUNK_CELLS, CountsBlock, SentenceSpec, build_sentences, draw_genes,
-                                       sample_sentences)
+from model_runners.uce.sampler import (
+    CHUNK_CELLS,
+    CountsBlock,
+    SentenceSpec,
+    build_sentences,
+    draw_genes,
+    sample_sentences,
+)
 
 SPEC = SentenceSpec(sample_size=1024, pad_length=1536, pad_token=0, cls_token=3, chrom_right_token=2,
                     chrom_token_offset=500)

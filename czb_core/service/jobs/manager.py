@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from czb_core.config import get_settings
 from czb_core.errors import ConfigError
+from czb_core.models.description import describe
 from czb_core.models.device import choose_device, cuda_devices, gpu_free_bytes
 from czb_core.models.memory import estimate_variant_memory, fit_problem, gib
 from czb_core.models.pipeline import embed_file
@@ -49,7 +50,7 @@ from czb_core.service.workspace import Workspace
 from czb_core.service.writer_lock import acquire_writer, release_writer, wait_for_orphan_workers
 from czb_core.tasks.options import MetricOptions
 from czb_core.tokenizer_lab import LAB_MODEL
-from czb_core.types import ModelType, Organism
+from czb_core.types import Organism, Output
 
 if TYPE_CHECKING:  # torch behind them: imported where lab jobs are made
     from czb_core.tokenizer_lab.lab import LabSplit
@@ -58,15 +59,12 @@ if TYPE_CHECKING:  # torch behind them: imported where lab jobs are made
 
 log = logging.getLogger(__name__)
 RETENTION_SWEEP_S = 24 * 3600
-PREDICTION_MODELS = (ModelType.SCGENEPT,)  # their outputs are not embeddings: no UMAP, no scoring as embeddings
-
-
 
 
 def is_prediction_model(model: str) -> bool:
     """Whether the model's runs predict expression (no UMAP, no embedding metrics) rather than embed cells;
     a tokenizer-lab training does neither."""
-    return model != LAB_MODEL and get_model(model).model_type in PREDICTION_MODELS
+    return model != LAB_MODEL and describe(get_model(model)).output == Output.PREDICTION
 
 
 def _organism_name(organism: Optional[str]) -> Optional[str]:
@@ -176,7 +174,7 @@ class JobManager:
         owner = owner or get_settings().user
         record = self.workspace.get(dataset_id, owner)  # KeyError ("not found") now, not a failed job later
         config = get_model(model)
-        score = score and config.model_type not in PREDICTION_MODELS  # a prediction is read on the Results page
+        score = score and describe(config, variant).output == Output.EMBEDDING  # a prediction is read on Results
         variant_config = config.variant(variant)
         implementation_class = config.load_implementation()
         schema = implementation_class.param_schema(variant_config)
@@ -272,7 +270,7 @@ class JobManager:
         GPU when there is one. A device that is not there is refused for a baseline too."""
         gpus = [d for d in self.devices if d != "cpu"]
         device = choose_device(request, self.store.device_loads(gpus) if gpus else {})
-        baseline = model != LAB_MODEL and get_model(model).model_type == ModelType.BASELINE
+        baseline = model != LAB_MODEL and describe(get_model(model)).baseline
         return "cpu" if baseline else device
 
     def _memory_note(self, spec: JobSpec, device: str) -> Optional[str]:
