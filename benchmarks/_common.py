@@ -35,7 +35,8 @@ def generated_h5ad(n_cells: int, n_genes: int, mean_counts: float = 1500.0) -> P
 GENERATE = """
 import json
 from czb_core.io.synthetic import make_synthetic_counts
-a = make_synthetic_counts(n_cells={n_cells}, n_genes={n_genes}, n_types=10, n_batches=4, mean_counts={mean_counts}, seed=0)
+a = make_synthetic_counts(n_cells={n_cells}, n_genes={n_genes}, n_types=10, n_batches=4, mean_counts={mean_counts},
+                          seed=0)
 a.write_h5ad({tmp!r})
 print(json.dumps({{"nnz_per_cell": a.X.nnz / a.n_obs}}))
 """

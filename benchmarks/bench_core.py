@@ -31,7 +31,8 @@ t_read = time.perf_counter() - t0
 from model_runners.pca.model import pca_baseline
 t1 = time.perf_counter()
 emb = pca_baseline(x, 3000, 50, seed=0)
-print(json.dumps({{"read_s": round(t_read, 2), "compute_s": round(time.perf_counter() - t1, 2), "shape": list(emb.shape)}}))
+print(json.dumps({{"read_s": round(t_read, 2), "compute_s": round(time.perf_counter() - t1, 2),
+                  "shape": list(emb.shape)}}))
 """
 SCANPY = """
 import json, time
@@ -43,7 +44,8 @@ t1 = time.perf_counter()
 sc.pp.normalize_total(a); sc.pp.log1p(a)
 sc.pp.highly_variable_genes(a, n_top_genes=3000, flavor="seurat")
 sc.pp.pca(a, n_comps=50, svd_solver="arpack", random_state=0, mask_var="highly_variable")
-print(json.dumps({{"read_s": round(t_read, 2), "compute_s": round(time.perf_counter() - t1, 2), "shape": list(a.obsm["X_pca"].shape)}}))
+print(json.dumps({{"read_s": round(t_read, 2), "compute_s": round(time.perf_counter() - t1, 2),
+                  "shape": list(a.obsm["X_pca"].shape)}}))
 """
 
 

@@ -78,8 +78,8 @@ def main() -> None:
         cold = first_job(cache / "cold", args.score)
         warmup_s = warm_up(cache / "warm")
         warm = first_job(cache / "warm", args.score)
-    print(f"First job of a fresh server: PCA baseline on the demo (3,000 cells){' with scoring' if args.score else ''}, "
-          f"{os.cpu_count()} CPUs:")
+    print(f"First job of a fresh server: PCA baseline on the demo (3,000 cells)"
+          f"{' with scoring' if args.score else ''}, {os.cpu_count()} CPUs:")
     show("cold (empty numba cache)", cold)
     print(f"  `czb warmup` on an empty cache: {warmup_s:.1f} s")
     show("warm (after czb warmup) ", warm)

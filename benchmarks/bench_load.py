@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import generated_h5ad  # noqa: E402
 from tests.helpers.browser import CHROMIUM_ARGS, free_port, wait_healthy  # noqa: E402
 
-UMAP_DRAWN = '[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer, [data-testid="stPlotlyChart"] .js-plotly-plot canvas'
+UMAP_DRAWN = ('[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer, '
+              '[data-testid="stPlotlyChart"] .js-plotly-plot canvas')
 ERROR_SHOWN = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 SERVE_FLAGS = ["--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats",
                "false", "--client.showErrorDetails", "none", "--server.enableXsrfProtection", "true"]

@@ -65,7 +65,8 @@ def main() -> None:
                                          device=args.device))
         if "wall_s" not in run:
             raise SystemExit(f"the sharded run with {workers} worker(s) failed: {run}")
-        print(f"| {run['workers']} | {run['shards']} | {run['wall_s']:,.1f} s | {run['n_cells'] / run['wall_s']:,.0f} | "
+        print(f"| {run['workers']} | {run['shards']} | {run['wall_s']:,.1f} s | "
+              f"{run['n_cells'] / run['wall_s']:,.0f} | "
               f"{run['shards_wall_s']:,.1f} s | {run['n_cells'] / run['shards_wall_s']:,.0f} |")
 
 

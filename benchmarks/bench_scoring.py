@@ -135,7 +135,8 @@ def report(ours: list[dict], theirs: list[dict]) -> None:
           f"cz-benchmarks {min(r['import_s'] for r in theirs):.1f} s")
     print(f"  {'task':<18} {'czb_core':>9} {'cz-bench':>9}")
     for task in TASKS:
-        print(f"  {task:<18} {min(r['task_s'][task] for r in ours):8.1f}s {min(r['task_s'][task] for r in theirs):8.1f}s")
+        print(f"  {task:<18} {min(r['task_s'][task] for r in ours):8.1f}s "
+              f"{min(r['task_s'][task] for r in theirs):8.1f}s")
     mine, other = metric_table(ours[0]), metric_table(theirs[0])
     shared = [key for key in other if key in mine]
     print(f"\n{len(shared)} shared metrics (czb_core adds {len(mine) - len(shared)} of its own, e.g. MCC)")
@@ -174,7 +175,8 @@ def main() -> None:
         have_theirs = Path(CZBENCH_PYTHON).exists()
         ours, theirs = [], []
         for round_ in range(args.rounds):
-            ours.append(run_child(sys.executable, OURS.format(root=str(ROOT), tasks=TASKS, **paths), tmp / f"numba-ours-{round_}"))
+            ours.append(run_child(sys.executable, OURS.format(root=str(ROOT), tasks=TASKS, **paths),
+                                  tmp / f"numba-ours-{round_}"))
             print(f"round {round_ + 1}: czb_core suite {ours[-1]['suite_s']:.1f} s", flush=True)
             if have_theirs:
                 theirs.append(run_child(CZBENCH_PYTHON, THEIRS.format(**paths), tmp / f"numba-theirs-{round_}"))

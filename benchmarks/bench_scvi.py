@@ -27,7 +27,8 @@ marks = []
 def progress(step, done, total):
     marks.append((step, done, time.perf_counter()))
 t0 = time.perf_counter()
-emb, epochs = fit_latent(a.X, a.obs["batch"], FitParams(max_epochs={epochs}, seed=0), {device!r}, progress, CancelToken())
+emb, epochs = fit_latent(a.X, a.obs["batch"], FitParams(max_epochs={epochs}, seed=0), {device!r}, progress,
+                         CancelToken())
 t_end = time.perf_counter()
 train = [t for step, _, t in marks if step == "train epoch"]
 print(json.dumps({{"epoch_s": [round(b - a, 2) for a, b in zip(train, train[1:])],

@@ -82,8 +82,14 @@ def run_czbenchmarks(args: argparse.Namespace) -> dict:
     import logging
 
     from czbenchmarks.tasks import (
-        BatchIntegrationTask, BatchIntegrationTaskInput, ClusteringTask, ClusteringTaskInput, EmbeddingTask,
-        EmbeddingTaskInput, MetadataLabelPredictionTask, MetadataLabelPredictionTaskInput,
+        BatchIntegrationTask,
+        BatchIntegrationTaskInput,
+        ClusteringTask,
+        ClusteringTaskInput,
+        EmbeddingTask,
+        EmbeddingTaskInput,
+        MetadataLabelPredictionTask,
+        MetadataLabelPredictionTaskInput,
     )
 
     logging.disable(logging.WARNING)

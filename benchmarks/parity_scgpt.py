@@ -146,7 +146,8 @@ def main(argv=None) -> int:
                  exact_shape=exact.shape, ties_shape=ties.shape)
         authors = run_authors(options.venv, work)
         model = load_model(folder, "cpu")
-        ours_exact = embed(model, tokenize(exact, gene_symbols(N_GENES), vocab, args, seed=0), precision="fp32").outputs[0]
+        ours_exact = embed(model, tokenize(exact, gene_symbols(N_GENES), vocab, args, seed=0),
+                           precision="fp32").outputs[0]
         exact_diff = float(np.abs(ours_exact - authors["exact"]).max())
         ours_a = embed(model, tokenize(ties, gene_symbols(N_GENES), vocab, args, seed=1), precision="fp32").outputs[0]
         ours_b = embed(model, tokenize(ties, gene_symbols(N_GENES), vocab, args, seed=2), precision="fp32").outputs[0]

@@ -25,7 +25,7 @@ hard-coded to `/weights` or `/app` as cz-benchmarks did.
 | CZB_RAY_ADDRESS | Ray cluster that runs shard their rows on (`auto`, `HOST:PORT`, `ray://HOST:PORT`) | (no Ray) |
 | CZB_HEALTH_PORT | port of `GET /health` (workers, queue, disk) | (no endpoint) |
 | CZB_HEALTH_HOST | address the health endpoint listens on | 127.0.0.1 |
-| CZB_SINGLE_USER | 1 = one person on this machine, no login: `make serve` starts without [auth] and listens on 127.0.0.1 only | 0 |
+| CZB_SINGLE_USER | 1 = one person here, no login: `make serve` starts without [auth], on 127.0.0.1 only | 0 |
 """
 
 from __future__ import annotations

@@ -14,16 +14,15 @@ import streamlit as st
 from czb_core.config import get_settings
 from czb_core.errors import CzbError
 from czb_core.io.header import DatasetHeader, read_header
+from czb_core.models.compatibility import compatibility_matrix
 from czb_core.service.access import owner_scope
 from czb_core.service.health import serve_health
-from czb_core.service.identity import (NO_LOGIN_NOTE, SINGLE_USER_NOTE, login_configured, login_owner,
-                                       login_refusal)
+from czb_core.service.identity import NO_LOGIN_NOTE, SINGLE_USER_NOTE, login_configured, login_owner, login_refusal
 from czb_core.service.jobs import JobManager
 from czb_core.service.retention import expires_at
-from czb_core.models.compatibility import compatibility_matrix
+from czb_core.service.workspace import DatasetRecord, Workspace
 from czb_core.types import Organism
 from czb_core.viz.warmup import start_warm_up
-from czb_core.service.workspace import DatasetRecord, Workspace
 
 
 @st.cache_resource(show_spinner="Starting the job workers…")

@@ -18,11 +18,29 @@ from czb_core.service.sharing import Shares
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.tasks.comparison import compare_runs
 from czb_core.tasks.per_class import CLASSIFIERS, class_report_for_options
+from czb_core.tasks.scoreboard import (
+    BASELINE_ROW,
+    CLASSIFIER_NAMES,
+    RunEntry,
+    headline_long,
+    metric_table,
+    run_label,
+    scoreboard,
+)
 from czb_core.tokenizer_lab import LAB_MODEL
-from czb_core.tasks.scoreboard import (BASELINE_ROW, CLASSIFIER_NAMES, RunEntry, headline_long, metric_table,
-                                       run_label, scoreboard)
-from czb_core.viz.plots import (AUTO, CATEGORICAL, CONTINUOUS, Panel, colour_kind, panel_title, scoreboard_bars,
-                                selected_cells, selection_composition, umap_grid, umap_image)
+from czb_core.viz.plots import (
+    AUTO,
+    CATEGORICAL,
+    CONTINUOUS,
+    Panel,
+    colour_kind,
+    panel_title,
+    scoreboard_bars,
+    selected_cells,
+    selection_composition,
+    umap_grid,
+    umap_image,
+)
 from czb_core.viz.tables import style_scoreboard
 from czb_core.viz.umap import umap_note
 from pages.common import dataset_header, job_manager, require_dataset, scope

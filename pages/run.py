@@ -16,16 +16,23 @@ from czb_core.errors import CzbError
 from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import discover_models
 from czb_core.models.weights_admin import weights_missing
+from czb_core.progress import ACTIVE, format_duration, progress_fraction, progress_line, queue_line, seconds_since
 from czb_core.schema.data_manager import DataManager
 from czb_core.service.access import is_admin
 from czb_core.streaming.plan import plan_reading
-from czb_core.progress import (ACTIVE, format_duration, progress_fraction, progress_line, queue_line,
-                               seconds_since)
 from czb_core.tasks import NO_BATCH, MetricOptions, suggest_columns
 from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
-from pages.common import (current_user, dataset_header, job_manager, recall, remember, require_dataset, run_params_key,
-                          scope)
+from pages.common import (
+    current_user,
+    dataset_header,
+    job_manager,
+    recall,
+    remember,
+    require_dataset,
+    run_params_key,
+    scope,
+)
 from pages.params_form import parameter_form
 
 POLL_S = 5

@@ -19,8 +19,17 @@ from czb_core.schema.species import GeneIdSystem
 from czb_core.schema.summary import group_problems, split_report_key, summarize_by_model
 from czb_core.tasks import suggest_columns
 from czb_core.types import Organism
-from pages.common import (all_reports, current_user, dataset_header, job_manager, recall, remember, require_dataset,
-                          run_params_key, scope, workspace)
+from pages.common import (
+    all_reports,
+    dataset_header,
+    job_manager,
+    recall,
+    remember,
+    require_dataset,
+    run_params_key,
+    scope,
+    workspace,
+)
 
 STATUS_ICON = {"ready": ":material/check_circle:", "pending": ":material/download:", "blocked": ":material/block:"}
 CELL_TEXT = {"ok": "ok", "info": "ok", "warning": "warning", "error": "error", "not run": "·"}

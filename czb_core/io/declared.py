@@ -179,14 +179,15 @@ def count_matrix_shape(node, location: str, name: str) -> tuple[int, int]:
                              f"values (counts) in {location} and save the file again")
         encoding = node.attrs.get("encoding-type")
         if encoding is not None and _text(encoding) != "array":
-            raise InputError(f"{name}: {location} is a dense array marked as {_shown(encoding)} (its encoding-type), so "
-                             "anndata would read it as something else; the file is corrupt or was edited by hand: "
+            raise InputError(f"{name}: {location} is a dense array marked as {_shown(encoding)} (its encoding-type), "
+                             "so anndata would read it as something else; the file is corrupt or was edited by hand: "
                              "write it again with anndata")
     shape = matrix_shape(node, location, name)
     if shape is None:
         encoding = node.attrs.get("encoding-type")
         raise InputError(
-            f"{name}: {location} is stored as {'no encoding' if encoding is None else _shown(encoding)}, neither a dense array nor a CSR/CSC sparse matrix; the "
+            f"{name}: {location} is stored as {'no encoding' if encoding is None else _shown(encoding)}, "
+            "neither a dense array nor a CSR/CSC sparse matrix; the "
             "file is malformed or was written by a tool anndata does not know: write it again with anndata"
         )
     check_ceilings(*shape, name)
@@ -275,8 +276,8 @@ def _size(n_bytes: float) -> str:
 
 def declared_h5ad_shape(f: h5py.File, name: str) -> Optional[tuple[int, int]]:
     """(cells, genes) of an h5ad from its obs and var indexes, with X, every layer, obsm, obsp, varm, varp
-    and raw/X checked against them; None when the file does not say (no obs or var). X, `layers/counts` and raw/X must be
-    matrices whose rows can be read as cells (`count_matrix_shape`) whether obs and var say or not."""
+    and raw/X checked against them; None when the file does not say (no obs or var). X, `layers/counts` and raw/X
+    must be matrices whose rows can be read as cells (`count_matrix_shape`) whether obs and var say or not."""
     n_obs = _frame_length(f["obs"]) if "obs" in f else None
     n_vars = _frame_length(f["var"]) if "var" in f else None
     if n_obs is not None and n_vars is not None:
@@ -333,7 +334,8 @@ def declared_10x_shape(m: h5py.Group, name: str) -> tuple[int, int]:
         if got != want:
             got = "no" if got is None else f"{got:,}"
             raise InputError(f"{name}: the 10x matrix declares {n_genes:,} genes x {n_cells:,} cells but has {got} "
-                             f"{part} for its {what}; the file is corrupt or incomplete, export it from CellRanger again")
+                             f"{part} for its {what}; the file is corrupt or incomplete, export it from CellRanger "
+                             "again")
     n_data = length(m["data"]) if "data" in m else None
     if n_data is None or n_data != (length(m["indices"]) if "indices" in m else None):
         raise InputError(f"{name}: the 10x matrix's data and indices are missing or differ in length; the file is "

@@ -19,8 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import InputError
-from czb_core.io.declared import (check_expansion, check_size, declared_10x_shape, declared_h5ad_shape,
-                                  list_arrays)
+from czb_core.io.declared import check_expansion, check_size, declared_10x_shape, declared_h5ad_shape, list_arrays
 from czb_core.io.legacy import is_legacy_h5ad, read_legacy_h5ad
 from czb_core.io.structure import check_10x_matrix, check_h5ad_matrices
 

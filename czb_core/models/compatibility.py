@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from czb_core.errors import ConfigError
 from czb_core.io.header import DatasetHeader
 from czb_core.models.registry import ModelConfig, discover_models
-from czb_core.errors import ConfigError
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import Organism
 

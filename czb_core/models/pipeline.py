@@ -20,9 +20,9 @@ import pandas as pd
 
 from czb_core.errors import InputError
 from czb_core.io.atomic import atomic_path
+from czb_core.io.hashing import sha256_file
 from czb_core.io.header import read_header
 from czb_core.io.reading import read_anndata
-from czb_core.io.hashing import sha256_file
 from czb_core.models.device import resolve_device
 from czb_core.models.memory import PeakMemory
 from czb_core.models.record import device_description, h5_safe, package_versions, utc_now

@@ -21,7 +21,13 @@ from czb_core.errors import ConfigError
 from czb_core.io.header import DatasetHeader
 from czb_core.io.reading import as_csr
 from czb_core.schema.gene_references import strip_version
-from czb_core.schema.species import GeneIdSystem, SpeciesDetection, compare_declared_organism, detect_species, gene_id_system
+from czb_core.schema.species import (
+    GeneIdSystem,
+    SpeciesDetection,
+    compare_declared_organism,
+    detect_species,
+    gene_id_system,
+)
 from czb_core.types import Organism
 
 ENSEMBL_COLUMNS = ("ensembl_id", "feature_id", "gene_ids", "gene_id")

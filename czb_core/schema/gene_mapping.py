@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from czb_core.errors import InputError
 from czb_core.schema.gene_references import (
     ReferenceInfo,
     SpeciesIndex,
@@ -31,7 +32,6 @@ from czb_core.schema.gene_references import (
     species_index,
     strip_version,
 )
-from czb_core.errors import InputError
 from czb_core.types import Organism
 
 __all__ = [

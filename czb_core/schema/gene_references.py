@@ -19,9 +19,9 @@ Every loader is cached once per process (a table reads in about 0.1 s); nothing 
 from __future__ import annotations
 
 import functools
-import json
 import importlib.metadata
 import importlib.util
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path

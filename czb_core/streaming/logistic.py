@@ -65,7 +65,8 @@ class StreamedLogisticClassifier:
 
     def __init__(self, seed: int = 0, n_epochs: int = 5, batch_size: int = 4096, lr: float = 1e-2,
                  prior_scale: float = 1.0, min_steps: int = 500):
-        self.seed, self.n_epochs, self.batch_size, self.lr, self.prior_scale = seed, n_epochs, batch_size, lr, prior_scale
+        self.seed, self.n_epochs, self.batch_size = seed, n_epochs, batch_size
+        self.lr, self.prior_scale = lr, prior_scale
         self.min_steps = min_steps  # a small training set gets more passes, so Adam takes enough steps
 
     def fit(self, x_nd: np.ndarray, labels_n: np.ndarray) -> "StreamedLogisticClassifier":

@@ -80,7 +80,8 @@ class RowBlocks:
             self._indptr = None
         else:
             self.shape = tuple(int(s) for s in self._node.attrs["shape"])
-            self._indptr = np.asarray(self._node["indptr"][:], dtype=np.int64) if self.encoding == "csr_matrix" else None
+            csr = self.encoding == "csr_matrix"
+            self._indptr = np.asarray(self._node["indptr"][:], dtype=np.int64) if csr else None
 
     @property
     def n_cells(self) -> int:

@@ -36,10 +36,18 @@ from czb_core.errors import Cancelled, ConfigError, CzbError
 from czb_core.models.runner import RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
-from czb_core.streaming.ray_actors import (
-    KEPT, MODEL, PCA_PROJECTION, PCAProjection, Shard, ShardJob, ShardResult, ShardWorker, read_store,
-)
 from czb_core.streaming.chunks import add_new_problems, merge_facts
+from czb_core.streaming.ray_actors import (
+    KEPT,
+    MODEL,
+    PCA_PROJECTION,
+    PCAProjection,
+    Shard,
+    ShardJob,
+    ShardResult,
+    ShardWorker,
+    read_store,
+)
 from czb_core.streaming.row_blocks import DEFAULT_CHUNK_ROWS, RowBlocks, open_row_blocks
 
 RAY_ADDRESS_ENV = "CZB_RAY_ADDRESS"

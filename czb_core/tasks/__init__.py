@@ -6,11 +6,11 @@ module says which cz-benchmarks or scib-metrics definition it reproduces. Nothin
 or runs a model.
 """
 
-from czb_core.tasks.options import NO_BATCH, MetricOptions
-from czb_core.tasks.scoring import BASELINE_DESCRIPTION, TASK_DISPLAY, run_prepared, run_tasks, run_with_baseline
 from czb_core.tasks.column_roles import ColumnRoles, ColumnSuggestion, suggest_columns
 from czb_core.tasks.inputs import TASK_NAMES, TaskInputs, prepare_inputs
+from czb_core.tasks.options import NO_BATCH, MetricOptions
 from czb_core.tasks.results import MetricResult, TaskResult, results_table, to_czbenchmarks_json
+from czb_core.tasks.scoring import BASELINE_DESCRIPTION, TASK_DISPLAY, run_prepared, run_tasks, run_with_baseline
 from czb_core.tasks.subsample import stratified_subsample
 
 __all__ = [

@@ -123,4 +123,5 @@ def _small_class_notes(values: pd.Series, min_class_size: int) -> list[str]:
         return []
     shown = ", ".join(f"{name} ({count})" for name, count in small.head(5).items())
     more = f" and {len(small) - 5} more" if len(small) > 5 else ""
-    return [f"{len(small)} classes have fewer than {min_class_size} cells and are left out of label prediction: {shown}{more}"]
+    return [f"{len(small)} classes have fewer than {min_class_size} cells and are left out of label prediction: "
+            f"{shown}{more}"]

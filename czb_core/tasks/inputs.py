@@ -60,7 +60,8 @@ def select_tasks(tasks: Optional[Sequence[str]], batch_key: Optional[str], split
     if "batch_integration" in tasks and not batch_key:
         raise InputError("batch_integration needs a batch column: pass batch_key")
     if "cross_split" in tasks and not split_key:
-        raise InputError("cross_split needs a split column and two of its values: pass split_key, train_value, test_value")
+        raise InputError("cross_split needs a split column and two of its values: pass split_key, train_value, "
+                         "test_value")
     return tuple(t for t in TASK_NAMES if t in tasks)
 
 
@@ -68,9 +69,11 @@ def check_embedding(emb_nd: np.ndarray, n_cells: int, what: str = "embedding") -
     """A finite 2-D float array with one row per cell in obs."""
     emb_nd = np.asarray(emb_nd)
     if emb_nd.ndim != 2 or not np.issubdtype(emb_nd.dtype, np.number):
-        raise InputError(f"{what} must be a 2-D numeric array (cells x dims), got shape {emb_nd.shape} of {emb_nd.dtype}")
+        raise InputError(f"{what} must be a 2-D numeric array (cells x dims), got shape {emb_nd.shape} of "
+                         f"{emb_nd.dtype}")
     if emb_nd.shape[0] != n_cells:
-        raise InputError(f"{what} has {emb_nd.shape[0]:,} rows but obs has {n_cells:,} cells; they must match one to one")
+        raise InputError(f"{what} has {emb_nd.shape[0]:,} rows but obs has {n_cells:,} cells; they must match one "
+                         "to one")
     bad_rows = int((~np.isfinite(emb_nd)).any(axis=1).sum())
     if bad_rows:
         raise InputError(f"{what} has {bad_rows:,} rows with NaN or infinite values")
@@ -127,7 +130,8 @@ def prepare_inputs(
     picked_n = stratified_subsample(labels_n.iloc[labelled_rows_n], cap, seed, MIN_CLASS_SIZE)
     rows_n = labelled_rows_n[picked_n]
     if len(rows_n) < len(labelled_rows_n):
-        warnings.append(f"metrics use a seeded stratified subsample of {len(rows_n):,} of {len(labelled_rows_n):,} cells")
+        warnings.append(f"metrics use a seeded stratified subsample of {len(rows_n):,} of "
+                        f"{len(labelled_rows_n):,} cells")
 
     inputs = TaskInputs(
         tasks=selected,

@@ -62,12 +62,14 @@ class MetricOptions:
                 raise InputError(f"{name} must be a column name or None, got {value!r}")
         if self.batch_key is not None and self.batch_key is not NO_BATCH:
             if not isinstance(self.batch_key, str) or not self.batch_key:
-                raise InputError(f"batch_key must be a column name, None (not chosen) or NO_BATCH, got {self.batch_key!r}")
+                raise InputError("batch_key must be a column name, None (not chosen) or NO_BATCH, "
+                                 f"got {self.batch_key!r}")
         if self.tasks is not None:
             tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
             unknown = [t for t in tasks if t not in TASK_NAMES]
             if unknown:
-                raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(TASK_NAMES)}")
+                raise InputError(f"unknown task(s) {', '.join(map(repr, unknown))}; "
+                                 f"choose from: {', '.join(TASK_NAMES)}")
             object.__setattr__(self, "tasks", tuple(t for t in TASK_NAMES if t in tasks))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")

@@ -42,8 +42,15 @@ from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.tokenizer_lab.fc import FcSpec
 from czb_core.tokenizer_lab.fe import FeSpec
 from czb_core.tokenizer_lab.fg import FgSpec
-from czb_core.tokenizer_lab.lab import (LabData, LabResult, LabSplit, TokenizerSetup, prepare_lab_data, save_model,
-                                        split_problems)
+from czb_core.tokenizer_lab.lab import (
+    LabData,
+    LabResult,
+    LabSplit,
+    TokenizerSetup,
+    prepare_lab_data,
+    save_model,
+    split_problems,
+)
 from czb_core.tokenizer_lab.model import ModelShape
 from czb_core.tokenizer_lab.sentences import TokenizerSpec
 from czb_core.tokenizer_lab.train import RunResult, TrainConfig, train_run

@@ -153,7 +153,8 @@ def umap_grid(panels: list[Panel], cell_ids_n: np.ndarray, colour_by: str, max_p
     figure.update_layout(
         height=450 * n_rows, plot_bgcolor="white", dragmode="lasso", margin=dict(t=50, r=10),
         legend=dict(itemsizing="constant", title=colour_by, x=1.02, y=1, xanchor="left", yanchor="top"),
-        coloraxis=dict(colorscale=COLORSCALE, cmin=cmin, cmax=cmax, colorbar=dict(title=colour_by, x=1.02, xanchor="left", y=1, yanchor="top", len=0.9)),
+        coloraxis=dict(colorscale=COLORSCALE, cmin=cmin, cmax=cmax,
+                       colorbar=dict(title=colour_by, x=1.02, xanchor="left", y=1, yanchor="top", len=0.9)),
     )
     return figure, len(points.idx_m)
 

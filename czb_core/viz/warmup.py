@@ -4,8 +4,9 @@ umap-learn and pynndescent declare most of their functions with plain `numba.nji
 `cache=True`, so every new process (each job worker, each CLI run) compiled them again: tens of seconds
 before the first UMAP of a fresh server. `import_umap` (in `czb_core.viz.umap`) imports umap with numba's
 `njit` defaulting to `cache=True`, so the compiled code lands next to umap's sources (or in
-`NUMBA_CACHE_DIR`) and later processes load it in about a second. A function numba cannot cache (pynndescent's `nn_descent` uses dynamic
-globals) still compiles per process; it only runs above 4,096 cells, where the UMAP itself takes longer.
+`NUMBA_CACHE_DIR`) and later processes load it in about a second. A function numba cannot cache
+(pynndescent's `nn_descent` uses dynamic globals) still compiles per process; it only runs above 4,096
+cells, where the UMAP itself takes longer.
 
 `warm_up` runs a UMAP on a small random embedding through `compute_umap`, the path every job takes, so the
 cache holds what the jobs use; `czb warmup` runs it at install, and the app starts it in the background.

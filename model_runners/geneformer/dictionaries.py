@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from czb_core.errors import WeightsError
-from czb_core.schema.gene_references import strip_version
 from czb_core.models.safe_pickle import load_pickle
+from czb_core.schema.gene_references import strip_version
 
 PAD = "<pad>"
 

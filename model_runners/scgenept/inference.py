@@ -28,9 +28,9 @@ import torch
 from czb_core.errors import WeightsError
 from czb_core.models.inference import Batched, autocast_dtype, run_batches
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
+from model_runners.scgenept.network import GENEPT_ENCODER, GO_ENCODER_PREFIX, ScGenePT
 from model_runners.scgpt.encoder import checkpoint_keys
 from model_runners.scgpt.inference import read_state_dict
-from model_runners.scgenept.network import GENEPT_ENCODER, GO_ENCODER_PREFIX, ScGenePT
 
 CPU_BATCH_SIZE = 4
 _LAYER_KEY = re.compile(r"transformer_encoder\.layers\.(\d+)\.")

@@ -142,7 +142,8 @@ class SCVIModel(SCVIValidator, BaseModelImplementation):
         )
         if variant.needs_weights:
             return batch + (Param("weights_sha256", "str", "",
-                                  "sha256 of model.pt: required to load a --weights override", label="model.pt sha256"),)
+                                  "sha256 of model.pt: required to load a --weights override",
+                                  label="model.pt sha256"),)
         return batch + (
             Param("n_latent", "int", 10, "latent dimensions (the embedding size)", label="Latent size", minimum=1),
             Param("n_layers", "int", 1, "hidden layers of encoder and decoder", label="Layers", minimum=1),

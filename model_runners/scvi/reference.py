@@ -21,8 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from czb_core.errors import WeightsError
-from czb_core.progress import CancelToken, ProgressCallback
 from czb_core.models.safe_load import VerifiedFile, torch_load_verified
+from czb_core.progress import CancelToken, ProgressCallback
 from model_runners.scvi.latent import latent_mean, lightning_device
 
 MODEL_FILE = "model.pt"

@@ -102,10 +102,10 @@ class SelfAttention(nn.Module):
         self.linears = nn.ModuleList([nn.Linear(d_model, d_model, bias=bias) for _ in range(4)])
 
     def forward(self, x_bld: torch.Tensor, attend) -> torch.Tensor:
-        b, l, d = x_bld.shape
-        q, k, v = (lin(x_bld).view(b, l, self.n_heads, self.d_head).transpose(1, 2) for lin in self.linears[:3])
+        b, s, d = x_bld.shape
+        q, k, v = (lin(x_bld).view(b, s, self.n_heads, self.d_head).transpose(1, 2) for lin in self.linears[:3])
         o_bhld = attend(q, k, v)
-        return self.linears[3](o_bhld.transpose(1, 2).reshape(b, l, d))
+        return self.linears[3](o_bhld.transpose(1, 2).reshape(b, s, d))
 
 
 class Layer(nn.Module):

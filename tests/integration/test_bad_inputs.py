@@ -32,7 +32,6 @@ from czb_core.service.workspace import Workspace
 from tests.helpers.bad_inputs import write_10x_v2, write_claimed_cells, write_gzip_bomb, write_old_anndata
 from tests.integration.test_jobs import fake_result, wait_for
 
-
 # -- the workspace before and after ------------------------------------------------------------------
 
 

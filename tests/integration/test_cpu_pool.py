@@ -145,7 +145,8 @@ def test_a_umap_error_fails_the_job_alone(start, dataset, monkeypatch):
     bad = wait_for(manager, manager.submit(dataset.id, "pca", params={"seed": 7}).id, {"done", "failed"})
     assert bad.status == "failed" and bad.error == "ValueError: umap: disconnected graph"
     assert wait_gone(manager.workspace.root / "jobs" / bad.id)
-    assert wait_for(manager, manager.submit(dataset.id, "pca", params={"seed": 8}).id, {"done", "failed"}).status == "done"
+    job = wait_for(manager, manager.submit(dataset.id, "pca", params={"seed": 8}).id, {"done", "failed"})
+    assert job.status == "done"
 
 
 # -- real processes ---------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def test_umap_and_metrics_run_in_the_pool_process_with_identical_results(workspa
     assert job.status == "done", job.error
     assert job.worker_pid == pool_pid != device_pid and score.worker_pid == pool_pid != os.getpid()
     assert score.status == "done", score.error
-    assert sorted(p.name for p in job.artifact_dir.iterdir()) == ["embedding.h5ad", "metrics", "record.json", "umap.npy"]
+    assert sorted(p.name for p in job.artifact_dir.iterdir()) == [
+        "embedding.h5ad", "metrics", "record.json", "umap.npy"]
     record = json.loads((job.artifact_dir / "record.json").read_text())
     emb_nd, _, _ = read_embedding(job.artifact_dir)
     np.testing.assert_array_equal(read_umap(job.artifact_dir), compute_umap(emb_nd, seed=record["seed"]))

@@ -20,13 +20,13 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from czb_core.cli import main
-from czb_core.schema.datasets import SingleCellDataset
 from czb_core.errors import ConfigError, DatasetValidationError, WeightsError
 from czb_core.io.header import read_header
 from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import get_model
 from czb_core.models.runner import RunOutput
 from czb_core.models.safe_pickle import UnsafePickleError
+from czb_core.schema.datasets import SingleCellDataset
 from czb_core.types import DataType, ModelType
 from model_runners.geneformer.inference import load_checkpoint
 from model_runners.geneformer.model import SHIFT_COLUMN, Geneformer
@@ -34,7 +34,13 @@ from model_runners.geneformer.perturbation import resolve_perturbation
 from model_runners.geneformer.tokenizer import RankValueTokenizer, TokenizerSpec
 from tests.helpers.chunked import whole_and_chunked
 from tests.helpers.data import log_normalised
-from tests.helpers.geneformer_files import V1_SPECIALS, V2_SPECIALS, dictionary_contents, reference_tokens, write_dictionaries
+from tests.helpers.geneformer_files import (
+    V1_SPECIALS,
+    V2_SPECIALS,
+    dictionary_contents,
+    reference_tokens,
+    write_dictionaries,
+)
 
 N_VOCAB_GENES = 250  # of the 300 in `small_adata`: the rest count in n_counts but get no token
 INPUT_SIZE = {"v1": 48, "v2": 64}
@@ -390,9 +396,9 @@ def test_malicious_dictionary_pickle_is_refused_before_anything_runs(s3_server, 
 
 
 def test_pytorch_bin_checkpoint_loads_and_training_args_are_never_unpickled(tmp_path, store):
-    from tests.helpers.geneformer_files import Exploit
-
     from safetensors.torch import load_file
+
+    from tests.helpers.geneformer_files import Exploit
 
     folder = tmp_path / "bin"
     folder.mkdir()

@@ -28,7 +28,8 @@ def fetch(url: str) -> tuple[int, dict]:
 @pytest.fixture
 def blocking_manager(monkeypatch):
     """A thread-worker manager whose jobs wait for `release`, so one stays running while others queue."""
-    monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
+    monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap",
+                        lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     release = threading.Event()
     manager = JobManager(Workspace(), run_fn=FakeRun(lambda params, cancel: release.wait(20)), score=False,
                          processes=False)

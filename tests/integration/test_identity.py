@@ -21,8 +21,14 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from czb_core.errors import ConfigError
-from czb_core.service.identity import (NO_LOGIN_NOTE, SINGLE_USER_NOTE, is_loopback, login_refusal,
-                                       serve_address, serving_problem)
+from czb_core.service.identity import (
+    NO_LOGIN_NOTE,
+    SINGLE_USER_NOTE,
+    is_loopback,
+    login_refusal,
+    serve_address,
+    serving_problem,
+)
 from czb_core.service.jobs import artifacts
 from czb_core.service.sharing import Shares, public_record, public_result
 from tests.helpers.apptest import TIMEOUT, fresh_manager  # noqa: F401  (fixture)

@@ -43,7 +43,8 @@ def visit(email: Optional[str], page: Optional[str] = None, **query) -> AppTest:
 @pytest.fixture
 def alices_run(small_h5ad, monkeypatch):
     """A dataset and a finished job of alice's; bob holds a record of the same file (same hash)."""
-    monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap", lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
+    monkeypatch.setattr("czb_core.service.jobs.execution.compute_umap",
+                        lambda emb_nd, seed=0, labels_n=None: emb_nd[:, :2].copy())
     manager = JobManager(Workspace(), run_fn=FakeRun(), score=False, processes=False)
     try:
         dataset_id = manager.workspace.add_file(small_h5ad, owner="alice@lab.org").id

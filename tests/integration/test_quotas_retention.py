@@ -41,8 +41,8 @@ def idle():
 
 
 def run_done(manager, dataset_id, owner, n_comps=2):
-    return wait_for(manager, manager.submit(dataset_id, "pca", owner=owner, params={"n_comps": n_comps}, score=False).id,
-                    {"done"})
+    job = manager.submit(dataset_id, "pca", owner=owner, params={"n_comps": n_comps}, score=False)
+    return wait_for(manager, job.id, {"done"})
 
 
 def files_under(path) -> int:

@@ -26,7 +26,13 @@ from czb_core.models.registry import get_model
 from czb_core.progress import CancelToken
 from czb_core.streaming.ray_actors import PCA_PROJECTION
 from czb_core.streaming.sharding import (
-    MAX_SHARD_ROWS, RAY_ADDRESS_ENV, SHARDED, SHARDS_STEP, WORKER_NAME, configured_ray_address, plan_shards,
+    MAX_SHARD_ROWS,
+    RAY_ADDRESS_ENV,
+    SHARDED,
+    SHARDS_STEP,
+    WORKER_NAME,
+    configured_ray_address,
+    plan_shards,
     shard_kind,
 )
 from tests.helpers.geneformer_files import V1_SPECIALS, dictionary_contents, write_dictionaries

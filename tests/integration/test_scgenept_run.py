@@ -22,7 +22,12 @@ from czb_core.schema.datasets import SingleCellDataset
 from czb_core.schema.normalization import log_normalize
 from model_runners.scgenept.model import CONTROL_CELL_COLUMN, Scgenept
 from tests.helpers.scgenept_files import (
-    CHECKPOINT_NAME, HEADS, PlainScGenePT, write_checkpoint, write_gears_zip, write_vocab,
+    CHECKPOINT_NAME,
+    HEADS,
+    PlainScGenePT,
+    write_checkpoint,
+    write_gears_zip,
+    write_vocab,
 )
 
 N_VOCAB = 200  # of the 300 genes: the gene axis is these (in dataset order)
@@ -158,7 +163,8 @@ def test_czb_perturb_predict_writes_the_prediction_and_czb_benchmark_scores_it(
     result = ad.read_h5ad(out)
     assert result.n_obs == 6 and CONTROL_CELL_COLUMN in result.obs and result.n_vars > 0
     record = result.uns["czb_run"]
-    assert record["params"]["perturbation"] == f"{symbols[3]}+ctrl" and list(record["prediction_shape"]) == [6, result.n_vars]
+    assert record["params"]["perturbation"] == f"{symbols[3]}+ctrl"
+    assert list(record["prediction_shape"]) == [6, result.n_vars]
     scores = tmp_path / "scores.json"
     code = main(["benchmark", str(perturb_h5ad), "--task", "perturbation", "--prediction", str(out),
                  "--condition", "X+ctrl", "--out", str(scores)])
@@ -184,9 +190,10 @@ def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page
     import streamlit as st
 
     from czb_core.models import pipeline
-    from czb_core.service.jobs import JobManager, artifacts, manager as manager_module
-    from czb_core.tasks import perturbation
+    from czb_core.service.jobs import JobManager, artifacts
+    from czb_core.service.jobs import manager as manager_module
     from czb_core.service.workspace import Workspace
+    from czb_core.tasks import perturbation
     from tests.helpers.apptest import page
 
     for module in (pipeline, perturbation, manager_module):
@@ -226,7 +233,8 @@ def test_a_prediction_job_has_no_umap_nor_embedding_metrics_and_the_results_page
     assert "Top 20 predicted increases" in markdown and "Metrics against the observed cells" in markdown
     up, down, metrics = (d.value for d in at.dataframe)  # in page order (a plain table keeps no key here)
     assert {"model", "no change"} <= set(metrics.columns)
-    assert list(up.columns) == ["gene", "control_mean", "predicted_mean", "change"] and (up["change"].diff().dropna() <= 0).all()
+    assert list(up.columns) == ["gene", "control_mean", "predicted_mean", "change"]
+    assert (up["change"].diff().dropna() <= 0).all()
     assert (down["change"].diff().dropna() >= 0).all() and down["change"].iloc[0] <= up["change"].iloc[-1]
     st.cache_resource.clear()
     st.cache_data.clear()

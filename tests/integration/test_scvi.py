@@ -15,14 +15,14 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from czb_core.cli import main
-from czb_core.schema.datasets import SingleCellDataset
 from czb_core.errors import Cancelled, ConfigError, DatasetValidationError, WeightsError
 from czb_core.io.header import read_header
-from czb_core.progress import CancelToken
-from czb_core.models.registry import get_model
+from czb_core.io.synthetic import make_synthetic_counts
 from czb_core.models.compatibility import check_variant
 from czb_core.models.pipeline import embed_file
-from czb_core.io.synthetic import make_synthetic_counts
+from czb_core.models.registry import get_model
+from czb_core.progress import CancelToken
+from czb_core.schema.datasets import SingleCellDataset
 from czb_core.types import DataType, ModelType
 from tests.helpers.data import log_normalised
 

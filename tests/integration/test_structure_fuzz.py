@@ -68,8 +68,8 @@ def test_cli_refuses_each_reproduction_with_exit_2(kind, small_h5ad, tmp_path):
     make, message = REPRODUCTIONS[kind]
     path = make(small_h5ad)
     out = tmp_path / "emb.h5ad"
-    for result in czb(["validate", str(path), "--model", "pca"], ["run", str(path), "--model", "pca", "--out", str(out)],
-                      home=tmp_path / "home"):
+    for result in czb(["validate", str(path), "--model", "pca"],
+                      ["run", str(path), "--model", "pca", "--out", str(out)], home=tmp_path / "home"):
         assert_refused(result, message)
     assert not out.exists()
 

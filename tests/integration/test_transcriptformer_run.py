@@ -291,7 +291,8 @@ def test_contextual_gene_embeddings_go_beside_the_h5ad_and_equal_the_reference(s
     assert code == 0, captured.err
     assert "contextual gene embeddings:" in captured.err and "MiB" in captured.err  # the size, before the run
     with np.load(tmp_path / "tf.extras.npz", allow_pickle=False) as extras:
-        cell_k, gene_k, emb_kd = extras["gene_embeddings_cell"], extras["gene_embeddings_gene"], extras["gene_embeddings"]
+        cell_k, gene_k = extras["gene_embeddings_cell"], extras["gene_embeddings_gene"]
+        emb_kd = extras["gene_embeddings"]
     assert "gene_embeddings" not in ad.read_h5ad(out).obsm  # not in the h5ad
     model = ReferenceModel(served.root / "tf_tiny_sapiens")
     x, genes, ids = adata.X.toarray(), list(adata.var_names), model.cfg.token_ids

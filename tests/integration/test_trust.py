@@ -13,10 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pytest
 
 from czb_core.errors import ConfigError, InputError, StorageError

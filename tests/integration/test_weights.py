@@ -16,10 +16,10 @@ import pytest
 from botocore.exceptions import ResponseStreamingError
 from botocore.response import StreamingBody
 
-from czb_core.models import weights
 from czb_core.errors import Cancelled, WeightsError
-from czb_core.progress import CancelToken
+from czb_core.models import weights
 from czb_core.models.weights import WeightsCache, parse_uri
+from czb_core.progress import CancelToken
 
 FILES = {"model.ckpt": b"\x00\x01weights" * 300, "config/vocab.json": b'{"genes": ["A", "B"]}'}
 

@@ -305,7 +305,7 @@ def test_cli_list_fetch_import(s3_weights, data_root, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert str(WeightsCache().entry_dir(SCGPT_HUMAN)) in out and "download weights" in err
     assert main(["weights", "list", "--no-sizes"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("scgpt") and " human " in l)
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("scgpt") and " human " in row)
     assert "cached" in line and entry_of("scgpt", "human").sha256[:16] in line
 
     monkeypatch.delenv("CZB_DATA_ROOTS")  # the command line is not limited to the web app's data roots

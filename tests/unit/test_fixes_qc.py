@@ -30,7 +30,8 @@ def test_map_symbols_to_ids_round_trip(small_adata):
     assert report.n_unresolved == 1 and "NOT_A_GENE_XYZ" in report.to_csv()
     assert mapped.n_vars == small_adata.n_vars - 1
     assert set(mapped.var_names) == set(small_adata.var_names[1:])
-    assert (mapped.var["feature_name"].to_numpy() == small_adata.var.loc[mapped.var_names, "feature_name"].to_numpy()).all()
+    expected = small_adata.var.loc[mapped.var_names, "feature_name"].to_numpy()
+    assert (mapped.var["feature_name"].to_numpy() == expected).all()
 
 
 def test_use_var_column_and_batch_key(small_adata):
@@ -43,7 +44,8 @@ def test_use_var_column_and_batch_key(small_adata):
     with pytest.raises(InputError, match="no column 'nope'"):
         use_var_column_as_gene_ids(with_col, "nope")
     keyed = make_batch_key(small_adata, ["batch", "donor_id"], key="scvi_batch")
-    assert keyed.obs["scvi_batch"].iloc[0] == f"{small_adata.obs['batch'].iloc[0]}_{small_adata.obs['donor_id'].iloc[0]}"
+    first = small_adata.obs.iloc[0]
+    assert keyed.obs["scvi_batch"].iloc[0] == f"{first['batch']}_{first['donor_id']}"
 
 
 def test_per_cell_qc_matches_memory(small_adata, write_h5ad, monkeypatch):

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from czb_core.errors import Cancelled, ConfigError, DeviceOutOfMemory
-from czb_core.models.inference import (autocast_dtype, longest_first, memory_batch_size, precision_name, run_batches,
-                                       same_length_groups)
+from czb_core.models.inference import (
+    autocast_dtype,
+    longest_first,
+    memory_batch_size,
+    precision_name,
+    run_batches,
+    same_length_groups,
+)
 from czb_core.progress import CancelToken
 
 

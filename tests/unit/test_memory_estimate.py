@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from czb_core.models.memory import (CUDA_CONTEXT_BYTES, GIB, MemoryEstimate, estimate_run_memory,
-                                    estimate_variant_memory, fit_problem, gib)
+from czb_core.models.memory import (
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    MemoryEstimate,
+    estimate_run_memory,
+    estimate_variant_memory,
+    fit_problem,
+    gib,
+)
 
 
 def test_the_terms_add_up_as_documented():

@@ -4,8 +4,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from czb_core.progress import (format_amount, format_duration, progress_fraction, progress_line, queue_line,
-                               seconds_since, step_eta_s, step_unit)
+from czb_core.progress import (
+    format_amount,
+    format_duration,
+    progress_fraction,
+    progress_line,
+    queue_line,
+    seconds_since,
+    step_eta_s,
+    step_unit,
+)
 from czb_core.service.jobs.execution import StoreProgress
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.service.jobs.store import JobStore

@@ -51,7 +51,8 @@ class Sums(SumsValidator, BaseModelImplementation):
 
 def config(weights=None) -> ModelConfig:
     variant = VariantConfig("v", weights=weights or {})
-    return ModelConfig("sums", "Sums", ModelType.BASELINE, "Sums", "", ModelCard([], "", 2, "", ""), {"v": variant}, "v")
+    return ModelConfig("sums", "Sums", ModelType.BASELINE, "Sums", "", ModelCard([], "", 2, "", ""), {"v": variant},
+                       "v")
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,11 @@ from czb_core.errors import ConfigError, WeightsError
 from czb_core.models.registry import get_model
 from model_runners.scgenept.inference import load_network
 from model_runners.scgenept.perturbation import (
-    close_names, flags_of, parse_perturbation, read_training_conditions, trained_genes,
+    close_names,
+    flags_of,
+    parse_perturbation,
+    read_training_conditions,
+    trained_genes,
 )
 from tests.helpers.scgenept_files import CHECKPOINT_NAME, HEADS, write_checkpoint, write_gears_zip
 

@@ -10,8 +10,15 @@ from czb_core.errors import InputError
 from czb_core.tasks.comparison import BASELINE_COLUMN, compare_runs
 from czb_core.tasks.label_prediction import fold_scores
 from czb_core.tasks.per_class import class_report
-from czb_core.tasks.scoreboard import (BASELINE_ROW, RunEntry, describe_metric, headline_long, metric_table,
-                                       run_label, scoreboard)
+from czb_core.tasks.scoreboard import (
+    BASELINE_ROW,
+    RunEntry,
+    describe_metric,
+    headline_long,
+    metric_table,
+    run_label,
+    scoreboard,
+)
 
 MEAN = "MEAN(knn,lr,rf)"
 

@@ -176,9 +176,8 @@ def test_facts_of_chunks_merge_into_one_run():
 
 
 def test_an_embedding_written_chunk_by_chunk_to_disk_reads_back_in_order(tmp_path, monkeypatch):
-    from czb_core.streaming.chunks import EmbeddingOnDisk
-
     from czb_core.config import get_settings
+    from czb_core.streaming.chunks import EmbeddingOnDisk
 
     monkeypatch.setenv("CZB_WORKSPACE", str(tmp_path))
     out = EmbeddingOnDisk(max_rows=10)

@@ -20,8 +20,16 @@ from czb_core.io.reading import check_dataset_file, check_readable, read_anndata
 from czb_core.service.history import dataset_shape
 from czb_core.service.workspace import Workspace
 from czb_core.viz.qc import per_cell_qc
-from tests.helpers.bad_inputs import (REPRODUCTIONS, edit_array, replace_array, set_entry, write_10x_v2,
-                                      write_10x_v3, write_loom, write_split_bomb)
+from tests.helpers.bad_inputs import (
+    REPRODUCTIONS,
+    edit_array,
+    replace_array,
+    set_entry,
+    write_10x_v2,
+    write_10x_v3,
+    write_loom,
+    write_split_bomb,
+)
 
 READERS = (check_dataset_file, check_readable, read_header, read_anndata)
 

@@ -55,7 +55,10 @@ def test_second_scoring_reads_the_baseline_from_the_cache(counted_tasks):
     second = run_with_baseline(good_nd * 2, baseline, obs, "cell_type", dataset_sha256=SHA, **kwargs)
     assert counted_tasks == ["embedding", "label_prediction"]  # the model's only
     assert len(loads) == 1  # the baseline embedding was not even loaded
-    values = lambda results: [(r.task_name, m.label, m.value) for r in results for m in r.metrics]
+
+    def values(results):
+        return [(r.task_name, m.label, m.value) for r in results for m in r.metrics]
+
     assert values(second[1]) == values(first[1])
     assert all(r.runtime_metrics["from_cache"] for r in second[1])
     # the table compares the new model with the cached baseline exactly as a fresh baseline run would

@@ -65,4 +65,5 @@ def test_bad_split_values_are_clear_errors(train, test, message):
     emb_nd, labels_n, split_n = tiny()
     obs = pd.DataFrame({"cell_type": labels_n, "tissue": split_n})
     with pytest.raises(ValueError, match=message):
-        run_tasks(emb_nd, obs, "cell_type", split_key="tissue", train_value=train, test_value=test, tasks=["cross_split"])
+        run_tasks(emb_nd, obs, "cell_type", split_key="tissue", train_value=train, test_value=test,
+                  tasks=["cross_split"])

@@ -20,7 +20,8 @@ def dataset(n_per_class=60, seed=0):
 
 def test_missing_column_names_it_and_lists_available():
     emb_nd, obs = dataset()
-    with pytest.raises(ValueError, match=r"label column 'celltype' is not in obs; available columns: 'cell_type', 'batch'"):
+    with pytest.raises(ValueError,
+                       match=r"label column 'celltype' is not in obs; available columns: 'cell_type', 'batch'"):
         run_tasks(emb_nd, obs, "celltype")
     with pytest.raises(InputError, match="batch column 'donor'"):
         run_tasks(emb_nd, obs, "cell_type", batch_key="donor")

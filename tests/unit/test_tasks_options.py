@@ -56,7 +56,8 @@ def test_json_round_trip_keeps_none_and_not_chosen_apart():
     chosen_none = MetricOptions(label_key="cell_type", batch_key=NO_BATCH)
     not_chosen = MetricOptions(label_key="cell_type")
     assert chosen_none.to_dict()["batch_key"] is False and not_chosen.to_dict()["batch_key"] is None
-    for options in (chosen_none, not_chosen, MetricOptions("c", "b", "tissue", "lung", "liver", ("embedding",), 3, 500)):
+    every_field = MetricOptions("c", "b", "tissue", "lung", "liver", ("embedding",), 3, 500)
+    for options in (chosen_none, not_chosen, every_field):
         assert MetricOptions.from_dict(options.to_dict()) == options
     assert chosen_none.key() != not_chosen.key()
     assert pickle.loads(pickle.dumps(chosen_none)).batch_key is NO_BATCH

@@ -10,9 +10,18 @@ from czb_core.errors import InputError
 from czb_core.models.prediction import predicted_effect
 from czb_core.schema.normalization import log_normalize
 from czb_core.tasks.perturbation import (
-    CONTROL_MAP_KEY, DE_TABLE_KEY, ExpressionTaskInputs, expression_metrics, expression_task_inputs,
-    filter_de_results, mean_effect_baseline, no_change_baseline, sample_target_genes, score_expression_prediction,
-    single_perturbation_metrics, summarize_scores,
+    CONTROL_MAP_KEY,
+    DE_TABLE_KEY,
+    ExpressionTaskInputs,
+    expression_metrics,
+    expression_task_inputs,
+    filter_de_results,
+    mean_effect_baseline,
+    no_change_baseline,
+    sample_target_genes,
+    score_expression_prediction,
+    single_perturbation_metrics,
+    summarize_scores,
 )
 
 CELLS = ["tA1", "tA2", "c1", "c2", "c3", "tB1"]

@@ -49,7 +49,8 @@ def test_czbenchmarks_json_shape():
         "variant_display": "homo_sapiens",
     }
     assert first["datasets"] == [
-        {"name": "pbmc.h5ad", "organism": "homo_sapiens", "name_display": "pbmc.h5ad", "subset_display": "50 of 200 cells"}
+        {"name": "pbmc.h5ad", "organism": "homo_sapiens", "name_display": "pbmc.h5ad",
+         "subset_display": "50 of 200 cells"}
     ]
     assert first["metrics"] == [{"metric_type": "adjusted_rand_index", "value": 0.5, "params": {}}]
     assert first["runtime_metrics"] == {"wall_s": 1.5, "peak_rss_mb": 300.0, "device": "cpu"}
@@ -59,9 +60,11 @@ def test_czbenchmarks_json_shape():
 
 def test_results_table_delta_and_better():
     model = [result("embedding", [("silhouette_score", 0.7, {})]),
-             result("label_prediction", [("mean_fold_f1", 0.6, {"classifier": "lr"}), ("mean_fold_f1", 0.8, {"classifier": "rf"})])]
+             result("label_prediction", [("mean_fold_f1", 0.6, {"classifier": "lr"}),
+                                         ("mean_fold_f1", 0.8, {"classifier": "rf"})])]
     base = [result("embedding", [("silhouette_score", 0.5, {})], model_type="BASELINE"),
-            result("label_prediction", [("mean_fold_f1", 0.9, {"classifier": "lr"}), ("mean_fold_f1", 0.8, {"classifier": "rf"})], model_type="BASELINE")]
+            result("label_prediction", [("mean_fold_f1", 0.9, {"classifier": "lr"}),
+                                        ("mean_fold_f1", 0.8, {"classifier": "rf"})], model_type="BASELINE")]
     table = results_table(model, base)
     assert list(table.columns) == ["task", "metric", "model", "baseline", "delta", "better"]
     rows = table.set_index("metric")
@@ -77,7 +80,8 @@ def test_run_with_baseline_scores_both_on_the_same_cells():
     good_nd = rng.normal(scale=8, size=(3, 6))[pd.Categorical(labels).codes] + rng.normal(size=(150, 6))
     noise_nd = rng.normal(size=(150, 6))
     obs = pd.DataFrame({"cell_type": labels})
-    model, base, table = run_with_baseline(good_nd, noise_nd, obs, "cell_type", tasks=["embedding", "label_prediction"], max_cells=120)
+    model, base, table = run_with_baseline(good_nd, noise_nd, obs, "cell_type", tasks=["embedding", "label_prediction"],
+                                           max_cells=120)
     assert [r.n_used for r in model] == [r.n_used for r in base]
     assert base[0].model["type"] == "BASELINE"
     assert (table["better"] == "model").all()
@@ -94,7 +98,8 @@ def test_column_roles_on_made_up_obs():
             "donor_id": rng.choice(["d1", "d2", "d3"], n),
             "cell_type_ontology_term_id": ["CL:0000236"] * 3 + ["CL:0000084"] * 150 + ["CL:0000623"] * 147,
             "Cell Type": pd.Categorical(
-                ["B cell"] * 3 + ["T cell"] * 150 + ["NK cell"] * 147, categories=["B cell", "T cell", "NK cell", "unused"]
+                ["B cell"] * 3 + ["T cell"] * 150 + ["NK cell"] * 147,
+                categories=["B cell", "T cell", "NK cell", "unused"],
             ),
             "leiden": rng.integers(0, 8, n),
             "cell_label": [f"c{i}" for i in range(n)],

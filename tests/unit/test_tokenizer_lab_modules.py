@@ -10,12 +10,21 @@ import pytest
 import torch
 
 from czb_core.errors import InputError, WeightsError
-from czb_core.tokenizer_lab.fc import (CLOSE_CHROM, FIRST_CHROM, ChromosomeMap, FcSpec, build_sentence,
-                                       chromosome_map, group_by_chromosome, order_by_chromosome,
-                                       order_by_expression, pad_sentences, resample_weighted)
-from czb_core.tokenizer_lab.fe import FeSpec, AutoBinFe, build_fe, discretise, integer_bins, quantile_bins
-from czb_core.tokenizer_lab.fg import (FgSpec, FrozenFg, align_table, build_fg, read_gene_table,
-                                       reduce_to_width)
+from czb_core.tokenizer_lab.fc import (
+    CLOSE_CHROM,
+    FIRST_CHROM,
+    ChromosomeMap,
+    FcSpec,
+    build_sentence,
+    chromosome_map,
+    group_by_chromosome,
+    order_by_chromosome,
+    order_by_expression,
+    pad_sentences,
+    resample_weighted,
+)
+from czb_core.tokenizer_lab.fe import AutoBinFe, FeSpec, build_fe, discretise, integer_bins, quantile_bins
+from czb_core.tokenizer_lab.fg import FgSpec, FrozenFg, align_table, build_fg, read_gene_table, reduce_to_width
 from czb_core.tokenizer_lab.mup import MuLinear, attention_scale
 from czb_core.tokenizer_lab.presets import PRESETS, parse_tokenizer
 from czb_core.tokenizer_lab.train import confusion_matrix, cosine_with_warmup, mcc_from_confusion

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from czb_core.schema.datasets import SingleCellDataset
 from czb_core.errors import DatasetValidationError
 from czb_core.io.header import read_header
-from czb_core.types import ModelType, Organism
+from czb_core.schema.datasets import SingleCellDataset
 from czb_core.schema.report import Severity
 from czb_core.schema.validators import BaseSingleCellValidator
+from czb_core.types import ModelType, Organism
 from tests.helpers.data import log_normalised
 
 

@@ -31,19 +31,26 @@ from typing import Callable, Optional, TypeVar
 import numpy as np
 
 from czb_core.errors import Cancelled, CzbError, DeviceOutOfMemory
+from czb_core.io.atomic import atomic_path, write_bytes_atomically
 from czb_core.models.device import free_cuda_cache
 from czb_core.models.pipeline import RunResult, write_extras, write_run_h5ad
 from czb_core.models.record import utc_now
 from czb_core.progress import CancelToken, ProgressCallback, Throttle
-from czb_core.io.atomic import atomic_path, write_bytes_atomically
-from czb_core.service.jobs.artifacts import (EMBEDDING_H5AD, PENDING_RECORD_JSON, RECORD_JSON, UMAP_NPY,
-                                             is_prediction_record, read_embedding, record_json)
 from czb_core.service.database import storage_problem
+from czb_core.service.jobs.artifacts import (
+    EMBEDDING_H5AD,
+    PENDING_RECORD_JSON,
+    RECORD_JSON,
+    UMAP_NPY,
+    is_prediction_record,
+    read_embedding,
+    record_json,
+)
 from czb_core.service.jobs.job_log import job_log
 from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, RUNNING, Job, JobStore, until_store_answers
 from czb_core.service.workspace import Workspace
-from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.tasks.column_roles import suggest_columns
+from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
 from czb_core.viz.umap import compute_umap
 
@@ -114,7 +121,8 @@ class StoreProgress:
 
 class JobRunner:
     """Runs claimed jobs with `run_fn` (`czb_core.models.pipeline.embed_file`, or a test's stand-in; the
-    CPU stage needs none); `on_handoff` is called when an embedded job waits for the CPU pool (to wake pool threads at once)."""
+    CPU stage needs none); `on_handoff` is called when an embedded job waits for the CPU pool (to wake pool threads
+    at once)."""
 
     def __init__(self, workspace: Workspace, store: JobStore, run_fn: Optional[Callable] = None,
                  on_handoff: Callable[[], None] = lambda: None):

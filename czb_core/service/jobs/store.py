@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, TypeVar
 
 from czb_core.errors import ConfigError
+from czb_core.models.record import utc_now
+from czb_core.service.database import add_missing_column, init_db, open_db, storage_problem
 from czb_core.service.jobs.job_log import job_log_path
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.tasks.options import MetricOptions
-from czb_core.models.record import utc_now
-from czb_core.service.database import add_missing_column, init_db, open_db, storage_problem
 
 STORE_RETRY_S = 1.0
 STORE_GIVE_UP_S = 600.0
@@ -193,7 +193,8 @@ class JobStore:
         with open_db(self.db_path, immediate=True) as conn:
             for statuses in ((DONE,), (QUEUED, RUNNING)):
                 row = conn.execute(
-                    f"SELECT * FROM jobs WHERE spec_key = ? AND owner = ? AND status IN ({', '.join('?' * len(statuses))}) "
+                    "SELECT * FROM jobs WHERE spec_key = ? AND owner = ? "
+                    f"AND status IN ({', '.join('?' * len(statuses))}) "
                     "ORDER BY rowid DESC LIMIT 1", (key, owner, *statuses)).fetchone()
                 if row is not None and (statuses != (DONE,) or reusable(Job.from_row(row))):
                     return Job.from_row(row), False

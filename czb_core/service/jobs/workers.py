@@ -25,7 +25,6 @@ import shutil
 import signal
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -256,7 +255,8 @@ class Supervisor:
         stage = "UMAP failed: " if worker.in_pool else ""
         for job in self._held_jobs(worker) if held is None else held:
             tail = job_log_tail(self.store.db_path.parent, job.id)
-            error = f"{cause}; the server and other jobs are unaffected." + (f" Last log lines:\n{tail}" if tail else "")
+            error = (f"{cause}; the server and other jobs are unaffected."
+                     + (f" Last log lines:\n{tail}" if tail else ""))
             self._end(job, FAILED, message="failed", error=stage + error)
         if worker.in_pool:
             self.store.fail_scores_of(worker.pid, f"{cause}; the server and other jobs are unaffected.")
