@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from czb_core.errors import Cancelled, ConfigError, DatasetValidationError, InputError, WeightsError
-from czb_core.types import Organism
+from czb_core.types import Organism, Output
 
 EXIT_CODES = ((DatasetValidationError, 1), (InputError, 2), (ConfigError, 2), (WeightsError, 3), (Cancelled, 130))
 
@@ -162,16 +162,27 @@ def cmd_perturb(args) -> int:
 def cmd_perturb_predict(args) -> int:
     """scGenePT: the predicted expression of sampled control cells under a perturbation, and its change."""
     params = _params(args.param)
-    params.update(perturbation=args.perturbation, control_key=args.control_key, control_value=args.control_value,
-                  n_cells=args.n_cells)
-    if args.seed is not None:
-        params["seed"] = args.seed
+    given = dict(perturbation=args.perturbation, control_key=args.control_key, control_value=args.control_value,
+                 n_cells=args.n_cells, seed=args.seed)
+    params.update({key: value for key, value in given.items() if value is not None})  # else the model's defaults
+    args.model = args.model or _prediction_model()
     result, out = _run_and_write(args, params)
     print(f"wrote {out}: predicted expression of {result.pred_ng.shape[0]:,} sampled control cells x "
           f"{result.pred_ng.shape[1]:,} genes under {args.perturbation}")
     for key, value in result.record.get("facts", {}).items():
         print(f"  {key}: {value}")
     return 0
+
+
+def _prediction_model() -> str:
+    """The one registered model whose output is a prediction (`--model` names one when there are several)."""
+    from czb_core.models.description import describe
+    from czb_core.models.registry import discover_models
+
+    found = [name for name, config in discover_models().items() if describe(config).output == Output.PREDICTION]
+    if len(found) != 1:
+        raise ConfigError(f"name the model with --model (prediction models: {', '.join(found) or 'none'})")
+    return found[0]
 
 
 def _benchmark_baseline(args, adata):
@@ -428,13 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perturb-predict", help="predict a perturbation's effect on control cells (scGenePT)")
     p.add_argument("data")
-    p.add_argument("--model", default="scgenept")
+    p.add_argument("--model", help="a model whose output is a prediction (default: the only one registered)")
     p.add_argument("--variant")
     p.add_argument("--organism")
     p.add_argument("--perturbation", required=True, metavar="GENE+ctrl|GENE1+GENE2")
-    p.add_argument("--control-key", default="condition", help="obs column marking the control cells")
-    p.add_argument("--control-value", default="ctrl", help="the control cells' label in that column")
-    p.add_argument("--n-cells", type=int, default=300, help="control cells sampled (seeded)")
+    p.add_argument("--control-key", help="obs column marking the control cells (default: the model's)")
+    p.add_argument("--control-value", help="the control cells' label in that column (default: the model's)")
+    p.add_argument("--n-cells", type=int, help="control cells sampled, seeded (default: the model's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="output .h5ad: X = predicted expression, obs['control_cell']")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
