@@ -2,7 +2,7 @@
 (`czb_core.tasks.baseline`), and whether a run record describes that baseline.
 
 Every model's metrics are reported beside the baseline's; the baseline of a dataset never changes, so the
-run of `BASELINE_MODEL` with its default parameters is made once per file and shared by every run, job and
+run of `baseline_model()` with its default parameters is made once per file and shared by every run, job and
 `czb benchmark`. Tasks score embeddings and never run a model, so making the baseline lives here.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from czb_core.io.hashing import sha256_file
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
-from czb_core.tasks.baseline import BASELINE_MODEL, baseline_path, store_baseline
+from czb_core.tasks.baseline import baseline_model, baseline_path, store_baseline
 from czb_core.types import Organism
 
 
@@ -34,7 +34,7 @@ def baseline_embedding(
     if path.exists():
         return np.load(path)
     progress("baseline (PCA)", 0, 1)
-    result = embed_file(data_path, BASELINE_MODEL, organism=organism, cancel=cancel, input_sha256=sha256)
+    result = embed_file(data_path, baseline_model(), organism=organism, cancel=cancel, input_sha256=sha256)
     store_baseline(sha256, result.emb_nd)
     progress("baseline (PCA)", 1, 1)
     return result.emb_nd
@@ -44,7 +44,7 @@ def is_the_baseline(record: dict) -> bool:
     """Whether a run record describes the baseline itself: the PCA model with its default parameters."""
     from czb_core.models.registry import get_model
 
-    config = get_model(BASELINE_MODEL)
+    config = get_model(baseline_model())
     baseline = config.load_implementation()(config)  # the default variant (PCA, not its probabilistic ones)
-    return (record.get("model") == BASELINE_MODEL and record.get("variant", baseline.variant) == baseline.variant
+    return (record.get("model") == baseline_model() and record.get("variant", baseline.variant) == baseline.variant
             and record.get("params") == baseline.parameters())

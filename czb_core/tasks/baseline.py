@@ -2,7 +2,8 @@
 
 Every model's metrics are reported beside the baseline's; the baseline of a dataset never changes, so it
 is cached as `<workspace>/baselines/<sha256>.npy` and shared by every run, job and `czb benchmark`.
-`czb_core.service.baseline` makes it (a run of the model `BASELINE_MODEL`); tasks only read it.
+`czb_core.service.baseline` makes it (a run of `baseline_model()`, the registry's one baseline); tasks
+only read it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import numpy as np
 
 from czb_core.config import get_settings
 from czb_core.io.atomic import atomic_path
+from czb_core.models import description
+from czb_core.models.registry import discover_models
 
-BASELINE_MODEL = "pca"
+
+def baseline_model() -> str:
+    """The model the baseline is computed with: the one whose description says baseline (the PCA runner)."""
+    return description.baseline_model(discover_models())
 
 
 def baseline_path(sha256: str) -> Path:

@@ -16,6 +16,9 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
+from czb_core.models.registry import get_model
+from czb_core.tasks.baseline import baseline_model
+
 BASELINE_ROW = "PCA baseline"
 
 # metric_type -> (readable name, what it says). Every metric here is higher-is-better.
@@ -161,7 +164,9 @@ def scoreboard(entries: Sequence[RunEntry]) -> pd.DataFrame:
             baseline_values = base
         rows[entry.label] = {**run_facts(entry.record), **_with_deltas(values, base)}
     if baseline_values is not None and not any(e.is_baseline for e in entries):
-        facts = {column: math.nan for column in RUN_COLUMNS} | {"Model": "pca", "Variant": "default"}
+        baseline = get_model(baseline_model())
+        facts = {column: math.nan for column in RUN_COLUMNS} | {"Model": baseline.name,
+                                                                 "Variant": baseline.default_variant}
         rows = {BASELINE_ROW: {**facts, **_with_deltas(baseline_values, baseline_values)}, **rows}
     columns = list(RUN_COLUMNS) + [c for title, _, _ in HEADLINE for c in (title, DELTA_PREFIX + title)]
     board = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)

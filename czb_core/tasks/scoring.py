@@ -41,7 +41,7 @@ TASK_DISPLAY = {
     "batch_integration": "Batch Integration",
     "cross_split": "Cross-split Label Transfer",
 }
-# How the baseline is named in results (the model it is computed with is `baseline.BASELINE_MODEL`).
+# How the baseline is named in results (the model it is computed with is `baseline.baseline_model()`).
 BASELINE_DESCRIPTION = {"type": "BASELINE", "variant": "pca", "name_display": "PCA baseline"}
 
 
