@@ -17,9 +17,7 @@ import streamlit as st
 from czb_core.errors import CzbError
 from czb_core.io.exports import run_file_stem
 from czb_core.progress import ACTIVE, progress_fraction
-from czb_core.tasks import suggest_columns
-from czb_core.tokenizer_lab import LAB_MODEL, fe, fg
-from czb_core.tokenizer_lab.jobs import (
+from czb_core.service.jobs.lab import (
     collect_lab_result,
     describe_experiment,
     find_model_file,
@@ -30,6 +28,8 @@ from czb_core.tokenizer_lab.jobs import (
     melt_summary,
     select_lab_jobs,
 )
+from czb_core.tasks import suggest_columns
+from czb_core.tokenizer_lab import LAB_MODEL, fe, fg
 from czb_core.tokenizer_lab.lab import LabSplit, split_problems
 from czb_core.tokenizer_lab.model import ModelShape
 from czb_core.tokenizer_lab.presets import FC_CHOICES, PRESETS, compose

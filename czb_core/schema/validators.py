@@ -23,8 +23,8 @@ from czb_core.errors import DatasetValidationError
 from czb_core.io.header import DatasetHeader, header_from_anndata
 from czb_core.schema.data_manager import ENSEMBL_COLUMNS, SYMBOL_COLUMNS, DataManager, DataNeeds
 from czb_core.schema.datasets import BaseDataset, SingleCellDataset
-from czb_core.schema.species import GeneIdSystem
 from czb_core.schema.report import Severity, ValidationReport
+from czb_core.schema.species import GeneIdSystem
 from czb_core.types import DataType, ModelType, Organism, Output
 
 SMALL_PANEL_SHARE = 0.25  # of a model's vocabulary: below it, the dataset looks like a targeted gene panel

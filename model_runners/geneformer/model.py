@@ -132,7 +132,8 @@ class Geneformer(GeneformerValidator, BaseModelImplementation):
         n_counts_n = obs["n_counts"].to_numpy() if "n_counts" in obs else None
         perturbation = resolve_perturbation(dictionaries, self.args.feature_deletion,
                                             self.args.feature_activation, self.args.feature_map)
-        tokenizer = RankValueTokenizer(dictionaries, self._spec(dictionaries, self.model.config.max_position_embeddings))
+        spec = self._spec(dictionaries, self.model.config.max_position_embeddings)
+        tokenizer = RankValueTokenizer(dictionaries, spec)
         cells = tokenizer.tokenize(x_ng, manager.genes_g, n_counts_n)
         perturbed = None
         if perturbation:

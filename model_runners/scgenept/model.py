@@ -24,15 +24,20 @@ import numpy as np
 from czb_core.errors import ConfigError
 from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
 from czb_core.models.params import Param, precision_param
-from czb_core.models.prediction import CONTROL_CELL_COLUMN
+from czb_core.models.prediction import CONTROL_CELL_COLUMN, predicted_effect
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager, DataNeeds
+from czb_core.schema.normalization import log_normalize
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
-from czb_core.tasks.perturbation import log_normalize, predicted_effect
 from czb_core.types import ModelType, Organism, Output
 from model_runners.scgenept.perturbation import (
-    CONTROL, flags_of, parse_perturbation, read_training_conditions, trained_genes, unknown_genes_message,
+    CONTROL,
+    flags_of,
+    parse_perturbation,
+    read_training_conditions,
+    trained_genes,
+    unknown_genes_message,
 )
 from model_runners.scgpt.files import Vocab, load_vocab
 

@@ -13,8 +13,8 @@ positional encoding). `<cls>` carries `pad_value`.
 
 Randomness: every cell draws from its own splitmix64 stream, seeded by (`seed`, its row in the input),
 so the result depends on neither the thread split nor the other cells nor the chunk the cell is
-tokenized in, and a run is reproduced exactly from its seed. The authors draw from numpy's global generator, so tied cells match theirs in distribution
-only; cells without ties match exactly.
+tokenized in, and a run is reproduced exactly from its seed. The authors draw from numpy's global generator, so tied
+cells match theirs in distribution only; cells without ties match exactly.
 
 How it is fast: one numba kernel (compiled once, cached on disk) walks the CSR rows. Per cell it puts
 the values in order by counting when they are whole numbers up to `COUNTED_MAX` (raw counts nearly
@@ -84,7 +84,8 @@ def tokenize(x_ng: sp.spmatrix, gene_names, vocab: Vocab, args: ScgptArgs, seed:
     if not 0 <= int(seed) <= MAX_SEED:
         raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     x_ng = _counts_csr(x_ng)
-    genes_t, values_t, lengths_n, n_genes_n = _encode(x_ng, match.token_c, args, vocab.cls_id, int(seed), int(first_row))
+    genes_t, values_t, lengths_n, n_genes_n = _encode(x_ng, match.token_c, args, vocab.cls_id, int(seed),
+                                                      int(first_row))
     offsets = np.concatenate([[0], np.cumsum(lengths_n)]).astype(np.int64)
     return TokenizedCells(genes_t, values_t, offsets, n_genes_n, int(seed))
 

@@ -30,8 +30,8 @@ from czb_core.schema.data_manager import DataManager, DataNeeds
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
-from model_runners.transcriptformer.files import UNKNOWN, Checkpoint, load_checkpoint_files
 from model_runners.transcriptformer.cells import TokenizedCells
+from model_runners.transcriptformer.files import UNKNOWN, Checkpoint, load_checkpoint_files
 from model_runners.transcriptformer.tokenizer import aux_tokens, gene_tokens, tokenize
 
 LLH_COLUMN = "transcriptformer_llh"

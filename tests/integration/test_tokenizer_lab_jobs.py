@@ -18,10 +18,10 @@ import torch
 from czb_core.errors import ConfigError
 from czb_core.io.synthetic import make_synthetic_counts
 from czb_core.service.jobs import JobManager
+from czb_core.service.jobs import lab as lab_jobs
 from czb_core.service.jobs.artifacts import RECORD_JSON, is_complete, read_record
 from czb_core.service.workspace import Workspace
 from czb_core.tokenizer_lab import LAB_MODEL
-from czb_core.tokenizer_lab import jobs as lab_jobs
 from czb_core.tokenizer_lab.lab import LabSplit, TokenizerSetup, prepare_lab_data, run_lab
 from czb_core.tokenizer_lab.model import ModelShape
 from czb_core.tokenizer_lab.presets import parse_tokenizer

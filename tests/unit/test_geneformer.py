@@ -11,14 +11,21 @@ import scipy.sparse as sp
 
 from czb_core.errors import ConfigError, InputError, WeightsError
 from czb_core.models import tokens as tokens_module
+from czb_core.models.params import parse_list
 from czb_core.models.safe_pickle import UnsafePickleError, load_pickle
 from model_runners.geneformer.dictionaries import GeneDictionaries, load_dictionaries
-from tests.helpers.geneformer_files import (
-    FILES, V1_SPECIALS, V2_SPECIALS, Exploit, as_lists, dictionary_contents, reference_tokens, write_dictionaries,
-)
-from czb_core.models.params import parse_list
 from model_runners.geneformer.perturbation import resolve_perturbation, token_map
 from model_runners.geneformer.tokenizer import Perturbation, RankValueTokenizer, TokenizerSpec
+from tests.helpers.geneformer_files import (
+    FILES,
+    V1_SPECIALS,
+    V2_SPECIALS,
+    Exploit,
+    as_lists,
+    dictionary_contents,
+    reference_tokens,
+    write_dictionaries,
+)
 
 # ----------------------------------------------------------------------------- a hand-worked example
 

@@ -14,8 +14,7 @@ cycle from the import machinery, not from this test), under `if TYPE_CHECKING:` 
        streaming/tasks the runs of a model (`RUNS`: the pipeline, which reads a file in memory, streamed or
                        sharded, and the streamed and sharded runs), czb_core.tasks, czb_core.viz,
                        czb_core.tokenizer_lab
-       service         czb_core.service, czb_core.cli, czb_core.__main__, and czb_core.tokenizer_lab.jobs (the
-                       lab's trainings as jobs of the job layer)
+       service         czb_core.service, czb_core.cli, czb_core.__main__
        pages           pages, app
 
    A module belongs to the layer of its longest matching prefix.
@@ -44,8 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("czb_core.models", "model_runners")),
     ("streaming/tasks", ("czb_core.models.pipeline", "czb_core.streaming.chunks", "czb_core.streaming.ray_actors",
                          "czb_core.streaming.sharding", "czb_core.tasks", "czb_core.viz", "czb_core.tokenizer_lab")),
-    ("service", ("czb_core.service", "czb_core.cli", "czb_core.__main__",
-                 "czb_core.tokenizer_lab.jobs")),  # the lab's trainings as jobs: job-layer code kept with the lab
+    ("service", ("czb_core.service", "czb_core.cli", "czb_core.__main__")),
     ("pages", ("pages", "app")),
 )
 EXACT = {"czb_core"}  # prefixes that name the package module alone, not everything under it
@@ -63,10 +61,6 @@ ALLOWED: dict[tuple[str, str], str] = {
         "`make serve` runs `python -m czb_core.service.identity` to decide where the app may listen, which depends on "
         "whether login is configured: Streamlit's secrets, read as the app reads them (`st.secrets`). Only that "
         "check imports streamlit, inside the function; the CLI and the workers never call it.",
-    ("model_runners.scgenept.model", "czb_core.tasks.perturbation"):
-        "for now: log_normalize and predicted_effect moved to czb_core.schema.normalization and "
-        "czb_core.models.prediction (tasks.perturbation imports them, so the old names still resolve), but this "
-        "runner's import line sits in a file other #25 work is editing; point it at the new homes, then drop this.",
 }
 
 

@@ -4,7 +4,7 @@
 2-D layout in the same cell order, `record.json` the run record with the job's notes, and
 `embedding.extras.npz` the run's side outputs when it has any (TranscriptFormer's contextual gene
 embeddings). A prediction run (scGenePT) keeps its predicted expression in `embedding.h5ad`'s `X` and has
-no UMAP. A tokenizer-lab training (`czb_core.tokenizer_lab.jobs`) leaves `lab_run.json` and its trained
+no UMAP. A tokenizer-lab training (`czb_core.service.jobs.lab`) leaves `lab_run.json` and its trained
 model instead, both named in its record. `record.json` is written last, so its presence means the set is
 complete; until then `record.pending.json` holds the record of the embedding stage, for the CPU pool's stage
 (see `execution.py`).

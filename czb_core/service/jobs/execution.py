@@ -12,7 +12,7 @@ that owns the manager (tests with fake runs). Cancellation always goes through t
 manager sets the job's cancel flag, and a watcher thread here turns it into the run's `CancelToken`,
 which the model checks between batches. Whatever a job raises fails that job only.
 
-A tokenizer-lab training (`LAB_MODEL`, see `czb_core.tokenizer_lab.jobs`) is one stage: its device worker
+A tokenizer-lab training (`LAB_MODEL`, see `czb_core.service.jobs.lab`) is one stage: its device worker
 trains (with the same out-of-memory retries), saves the trained model and `lab_run.json`, and writes
 `record.json` itself; it has no UMAP for the CPU pool.
 """
@@ -230,7 +230,7 @@ class JobRunner:
     def _train_lab(self, job: Job, token: CancelToken, progress: StoreProgress, artifact_dir: Path) -> None:
         """One tokenizer-lab training: the data prepared once, trained with the out-of-memory retries of an
         embedding, its files saved, then `record.json` last."""
-        from czb_core.tokenizer_lab.jobs import prepare_lab_job, save_lab_run, train_lab_job  # torch: lab jobs only
+        from czb_core.service.jobs.lab import prepare_lab_job, save_lab_run, train_lab_job  # torch: lab jobs only
 
         spec = job.spec
         path = self.workspace.dataset_path(job.dataset_id, job.owner)

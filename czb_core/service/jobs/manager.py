@@ -12,8 +12,8 @@ named, and is refused at submit when its estimated memory does not fit that GPU'
 
 One server per workspace (`writer_lock.py`): a second server process refuses to start. A new one waits for
 its predecessor's orphaned workers to end, removes its partial uploads, marks the jobs it left running
-`interrupted`, and sweeps expired datasets (`retention.py`) at start and daily. Per-user limits (`quotas.py`) are checked at
-submit, before a job is queued.
+`interrupted`, and sweeps expired datasets (`retention.py`) at start and daily. Per-user limits (`quotas.py`) are
+checked at submit, before a job is queued.
 
 Tokenizer-lab trainings (`submit_lab`, model `LAB_MODEL`) share the queues, cache, quotas, cancel and retry,
 but are no model of the registry: they have no weights, no memory estimate (an out-of-memory error is
@@ -158,9 +158,9 @@ class JobManager:
         metrics: MetricOptions | dict | None = None, device: Optional[str] = None, score: bool = True,
         stream: bool = False,
     ) -> Job:
-        """Queue a run on `owner`'s dataset record `dataset_id`; or return the done job with the same spec (a cache hit: status `done` at once),
-        or the queued/running one (a second click joins it). With `score`, a scoring run with `metrics`
-        (open choices resolved from the data) follows once the embedding is done.
+        """Queue a run on `owner`'s dataset record `dataset_id`; or return the done job with the same spec (a cache
+        hit: status `done` at once), or the queued/running one (a second click joins it). With `score`, a scoring
+        run with `metrics` (open choices resolved from the data) follows once the embedding is done.
 
         `device` ("cpu", "cuda", "cuda:N" or "auto") picks the queue and is not part of the spec; "cuda" and
         "auto" take the least loaded GPU. Parameters are checked against the model's schema and only those
@@ -195,7 +195,7 @@ class JobManager:
         `split`. As with `submit`, the done or active job of the same spec is returned instead, quotas are
         checked and `device` picks the queue ("auto": the least loaded GPU, else the CPU). A split with an
         empty part or a value in two parts is a ConfigError, before anything is queued."""
-        from czb_core.tokenizer_lab.jobs import make_lab_spec  # torch: only where lab jobs are made
+        from czb_core.service.jobs.lab import make_lab_spec  # torch: only where lab jobs are made
 
         owner = owner or get_settings().user
         record = self.workspace.get(dataset_id, owner)
@@ -225,7 +225,8 @@ class JobManager:
         job = self._visible(job_id, scope)
         self.workspace.get(job.dataset_id, job.owner)  # KeyError when its dataset was deleted meanwhile
         if job.status not in RETRYABLE:
-            raise ConfigError(f"job {job_id} is {job.status}; only failed, cancelled or interrupted jobs can be retried")
+            raise ConfigError(f"job {job_id} is {job.status}; only failed, cancelled or interrupted jobs can be "
+                              "retried")
         request = job.device if job.device in self.devices else "auto" if job.device.startswith("cuda") else "cpu"
         return self._submit(job.spec, job.owner, self._device_for(job.spec.model, request), job.dataset_id)
 
@@ -283,8 +284,8 @@ class JobManager:
         config = get_model(spec.model)
         variant = config.variant(spec.variant)
         params = config.load_implementation().param_schema(variant).resolve(spec.params)
-        estimated = estimate_variant_memory(variant.weights_size_mb, variant.resources, config.embedding_dim(variant.name),
-                                            params.get("batch_size"))
+        estimated = estimate_variant_memory(variant.weights_size_mb, variant.resources,
+                                            config.embedding_dim(variant.name), params.get("batch_size"))
         if estimated is None:
             return None
         estimate, batch_chosen = estimated
