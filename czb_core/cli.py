@@ -58,7 +58,7 @@ def cmd_models(args) -> int:
     rows = []
     for name, cfg in discover_models().items():
         for vname, variant in cfg.variants.items():
-            uri = variant.weights.get("model") or next(iter(variant.weights.values()), None)
+            uri = variant.main_weights_uri
             if uri is None:
                 cached = "give with --weights" if variant.weights_from else "not needed"
             else:

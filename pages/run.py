@@ -55,7 +55,7 @@ with left:
 with right:
     card = config.card
     st.markdown(f"**{config.display_name}** — {config.description}")
-    weights = variant_config.weights.get("model") or next(iter(variant_config.weights.values()), None)
+    weights = variant_config.main_weights_uri
     if weights is None:
         weights_line = (f"to be given: download them from {variant_config.weights_from}"
                         if variant_config.weights_from else "none needed")

@@ -26,15 +26,13 @@ from czb_core.io.header import header_from_anndata
 from czb_core.models.description import check_resources
 from czb_core.models.device import is_cuda_oom, resolve_device
 from czb_core.models.params import Param, ParamSchema, common_params
-from czb_core.models.registry import ModelConfig, VariantConfig
+from czb_core.models.registry import MODEL_ROLE, ModelConfig, VariantConfig, main_role
 from czb_core.models.runner import LOADED_MODELS, RunOutput
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.datasets import BaseDataset
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import DataType
-
-MODEL_ROLE = "model"  # the weights entry that holds the model itself; other roles are its resources
 
 
 class BaseModelImplementation(ABC):
@@ -132,7 +130,7 @@ class BaseModelImplementation(ABC):
                 raise ConfigError(f"{self.display_name} / {self.variant} uses no weights; drop --weights")
             return {}
         if self.weights_uri:
-            sources[MODEL_ROLE if MODEL_ROLE in sources else next(iter(sources))] = self.weights_uri
+            sources[main_role(sources)] = self.weights_uri
         return sources
 
     @property
@@ -158,7 +156,8 @@ class BaseModelImplementation(ABC):
     def weights_source(self) -> Optional[str]:
         """The URI of the model entry (or the only entry), None for a model without weights."""
         sources = self.weights_sources()
-        return sources.get(MODEL_ROLE) or next(iter(sources.values()), None)
+        role = main_role(sources)
+        return None if role is None else sources[role]
 
     def weights_cached(self) -> bool:
         if self.weights_missing:
@@ -256,7 +255,8 @@ class BaseModelImplementation(ABC):
     def load_model(self, device: str) -> None:
         """`load`, or the same model kept in memory by an earlier run in this process."""
         self.device = device
-        weights_dir = self.weights_dirs.get(MODEL_ROLE) or next(iter(self.weights_dirs.values()), None)
+        role = main_role(self.weights_dirs)
+        weights_dir = None if role is None else self.weights_dirs[role]
         if weights_dir is None:
             self.load(None, device)
             return

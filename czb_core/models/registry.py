@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import OmegaConf
 
@@ -31,6 +31,15 @@ class ModelCard:
     url: str = ""
 
 
+MODEL_ROLE = "model"  # the weights entry that holds the model itself; other roles are its resources
+
+
+def main_role(roles: Iterable[str]) -> Optional[str]:
+    """The weights entry that holds the model: `model`, else the first (a variant with one entry); None for none."""
+    roles = list(roles)
+    return MODEL_ROLE if MODEL_ROLE in roles else next(iter(roles), None)
+
+
 @dataclass(frozen=True)
 class VariantConfig:
     name: str
@@ -46,6 +55,12 @@ class VariantConfig:
     @property
     def needs_weights(self) -> bool:
         return bool(self.weights) or bool(self.weights_from)
+
+    @property
+    def main_weights_uri(self) -> Optional[str]:
+        """The configured address of the model entry (None: no download, or no weights)."""
+        role = main_role(self.weights)
+        return None if role is None else self.weights[role]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def changed_params(record: dict) -> dict[str, Any]:
 def _configured_weights(record: dict) -> Optional[str]:
     """The weights source the variant names by itself (as `czb models` shows it)."""
     variant = get_model(record["model"]).variant(record["variant"])
-    return variant.weights.get("model") or next(iter(variant.weights.values()), None)
+    return variant.main_weights_uri
 
 
 def recorded_organism(record: dict) -> Optional[str]:

@@ -36,7 +36,7 @@ from czb_core.config import get_settings
 from czb_core.errors import Cancelled, ConfigError, CzbError, InputError, WeightsError
 from czb_core.io.header import header_from_anndata
 from czb_core.models.base import MODEL_ROLE
-from czb_core.models.registry import ModelConfig, discover_models, get_model
+from czb_core.models.registry import ModelConfig, discover_models, get_model, main_role
 from czb_core.models.weights import (
     ARCHIVE_SUFFIXES,
     FILES_DIR,
@@ -342,7 +342,7 @@ def _stage(folder: Path, dest: Path, movable: bool, progress: ProgressCallback, 
 def _check_pins(implementation, roles: dict[str, str], records: dict[str, list[dict]], where: str) -> None:
     """The variant's `weights_sha256` pins hold for an imported model entry as for a downloaded one."""
     pinned = implementation.variant_config.weights_sha256
-    main = MODEL_ROLE if MODEL_ROLE in roles else next(iter(roles))
+    main = main_role(roles)
     if pinned and main in records:
         check_sha256({"files": records[main]}, pinned, where)
 
@@ -359,7 +359,7 @@ def _try_weights(implementation, label: str, where: str, roles: dict[str, str], 
     for role, uri in roles.items():
         if role not in dirs and cache.is_cached(uri):
             dirs[role] = cache.entry_dir(uri) / FILES_DIR
-    main = MODEL_ROLE if MODEL_ROLE in roles else next(iter(roles))
+    main = main_role(roles)
     implementation.weights_dirs = dirs
     implementation.weights_manifest = ({"uri": roles[main], "files": records[main]} if main in records
                                        else cache.manifest(roles[main]))

@@ -162,7 +162,7 @@ class SCVIModel(SCVIValidator, BaseModelImplementation):
         against `weights_manifest` (see safe_load), once per file version and trust decision in this process."""
         from model_runners.scvi.reference import MODEL_FILE, load_reference
 
-        configured = self.variant_config.weights.get(MODEL_ROLE) or next(iter(self.variant_config.weights.values()))
+        configured = self.variant_config.main_weights_uri
         pins = [self.args.weights_sha256 or None]
         if self.weights_manifest and self.weights_manifest.get("uri") == configured:
             pins.append(self.variant_config.weights_sha256.get(MODEL_FILE))
