@@ -52,20 +52,18 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_models(args) -> int:
     from czb_core.models.registry import discover_models
+    from czb_core.models.variant_weights import VariantWeights
     from czb_core.models.weights import WeightsCache
 
     cache = WeightsCache()
     rows = []
     for name, cfg in discover_models().items():
         for vname, variant in cfg.variants.items():
-            uri = variant.main_weights_uri
-            if uri is None:
-                cached = "give with --weights" if variant.weights_from else "not needed"
-            else:
-                cached = "cached" if cache.is_cached(uri) else "not cached"
+            weights = VariantWeights(cfg, variant, cache)
             rows.append({"model": name, "display_name": cfg.display_name, "variant": vname,
-                         "default": vname == cfg.default_variant, "weights": uri or variant.weights_from or None,
-                         "weights_status": cached,
+                         "default": vname == cfg.default_variant,
+                         "weights": variant.main_weights_uri or variant.weights_from or None,
+                         "weights_status": weights.status(),
                          "organisms": cfg.card.organisms, "embedding_dim": cfg.card.embedding_dim})
     if args.json:
         print(json.dumps(rows, indent=2))

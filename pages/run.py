@@ -15,7 +15,7 @@ import streamlit as st
 from czb_core.errors import CzbError
 from czb_core.models.compatibility import check_variant
 from czb_core.models.registry import discover_models
-from czb_core.models.weights_admin import weights_missing
+from czb_core.models.variant_weights import VariantWeights
 from czb_core.progress import ACTIVE, format_duration, progress_fraction, progress_line, queue_line, seconds_since
 from czb_core.schema.data_manager import DataManager
 from czb_core.service.access import is_admin
@@ -144,8 +144,9 @@ except CzbError as exc:
     params, report = {}, {"ok": False, "problems": [{"severity": "error", "message": str(exc), "fix": ""}]}
 # Weights with a download are fetched by the run itself (an offline server imports them first); weights
 # without one must be imported (the check below blocks the run and says so). Either way the link leads there.
-if weights_missing(model, variant):
-    import_first = bool(variant_config.weights_from) and not variant_config.weights
+weights = VariantWeights.of(config, variant)
+if weights.missing():
+    import_first = not weights.has_download
     if not import_first:
         st.info("This variant's weights are not on this server yet: the run downloads them first. On a server "
                 "without network, an admin imports them on the Weights page.")

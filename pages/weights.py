@@ -15,13 +15,13 @@ import streamlit as st
 from czb_core.config import get_settings
 from czb_core.errors import CzbError
 from czb_core.models.registry import discover_models
+from czb_core.models.variant_weights import VariantWeights
 from czb_core.models.weights_admin import (
     WeightsTasks,
     fetch_weights,
     import_weights,
     list_weights,
     source_sizes,
-    variant_weights,
     with_source_sizes,
 )
 from czb_core.progress import format_amount
@@ -94,18 +94,18 @@ st.caption("Weights are downloaded once into the server's cache and shared by ev
 st.dataframe(weights_table(), hide_index=True, width="stretch")
 
 models = {name: config for name, config in discover_models().items()
-          if any(variant_weights(config, v) for v in config.variants)}
+          if any(VariantWeights.of(config, v).entries for v in config.variants)}
 chosen_model = recall("model")
 model = st.selectbox("Model", list(models), index=list(models).index(chosen_model) if chosen_model in models else 0,
                      format_func=lambda name: models[name].display_name)
 config = models[model]
-with_weights = [v for v in config.variants if variant_weights(config, v)]
+with_weights = [v for v in config.variants if VariantWeights.of(config, v).entries]
 chosen_variant = recall("variant")
 variant = st.selectbox("Variant", with_weights,
                        index=with_weights.index(chosen_variant) if chosen_variant in with_weights else 0)
 remember("model", model)
 remember("variant", variant)
-parts = variant_weights(config, variant)
+parts = VariantWeights.of(config, variant).entries
 
 user = current_user()
 manages = may_manage_weights(user, login_required=auth_configured())

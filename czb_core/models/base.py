@@ -26,8 +26,9 @@ from czb_core.io.header import header_from_anndata
 from czb_core.models.description import check_resources
 from czb_core.models.device import is_cuda_oom, resolve_device
 from czb_core.models.params import Param, ParamSchema, common_params
-from czb_core.models.registry import MODEL_ROLE, ModelConfig, VariantConfig, main_role
+from czb_core.models.registry import ModelConfig, VariantConfig, main_role
 from czb_core.models.runner import LOADED_MODELS, RunOutput
+from czb_core.models.variant_weights import VariantWeights
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
 from czb_core.schema.datasets import BaseDataset
@@ -114,44 +115,32 @@ class BaseModelImplementation(ABC):
             self._weights_cache = WeightsCache()
         return self._weights_cache
 
+    @property
+    def weights(self) -> VariantWeights:
+        """The variant's weights entries and what the cache holds of them."""
+        return VariantWeights(self.config, self.variant_config, self.weights_cache)
+
     def weights_sources(self) -> dict[str, str]:
         """role -> URI of every weights entry; `--weights` replaces the model entry (or the only one).
         A variant whose weights have no download (`weights_from`) needs `--weights`, or an admin's import
         into the weights cache (Weights page, `czb weights import`)."""
-        sources = dict(self.variant_config.weights)
-        if not sources and self.variant_config.weights_from:
-            if self.weights_uri:
-                return {MODEL_ROLE: self.weights_uri}
-            if self.weights_cache.is_cached(self.imported_weights_uri):
-                return {MODEL_ROLE: self.imported_weights_uri}
-            raise ConfigError(" Fix: ".join(self.missing_weights_problem()))
+        weights = self.weights
+        sources = weights.entries
         if not sources:
             if self.weights_uri:
                 raise ConfigError(f"{self.display_name} / {self.variant} uses no weights; drop --weights")
             return {}
         if self.weights_uri:
-            sources[main_role(sources)] = self.weights_uri
+            sources[weights.main_role] = self.weights_uri
+        elif self.weights_missing:
+            raise ConfigError(" Fix: ".join(weights.no_download_problem()))
         return sources
-
-    @property
-    def imported_weights_uri(self) -> str:
-        """Where an import puts the weights of a variant that has no download."""
-        from czb_core.models.weights import imported_uri
-
-        return imported_uri(self.config.name, self.variant)
 
     @property
     def weights_missing(self) -> bool:
         """Weights that have no download, were not given and were not imported: there is nothing to load."""
-        return (bool(self.variant_config.weights_from) and not self.variant_config.weights and not self.weights_uri
-                and not self.weights_cache.is_cached(self.imported_weights_uri))
-
-    def missing_weights_problem(self) -> tuple[str, str]:
-        """(message, fix) for a variant whose weights must be given and were not."""
-        return (f"{self.display_name} / {self.variant} has no weights to download: its authors publish them "
-                "only on their own site.",
-                f"download them from {self.variant_config.weights_from} and give the folder "
-                f"(--weights DIR, or import it into the weights cache)")
+        weights = self.weights
+        return not weights.has_download and not self.weights_uri and bool(weights.missing())
 
     def weights_source(self) -> Optional[str]:
         """The URI of the model entry (or the only entry), None for a model without weights."""
@@ -239,7 +228,7 @@ class BaseModelImplementation(ABC):
         """The checks that need weights, when the weights are cached already; otherwise say what is unknown."""
         if self.weights_missing:
             report.ran("weights")
-            report.add("weights", "weights_not_given", Severity.ERROR, *self.missing_weights_problem())
+            report.add("weights", "weights_not_given", Severity.ERROR, *self.weights.no_download_problem())
             report.facts["vocabulary"] = "unknown until the weights are given"
             return
         if not self.weights_sources():

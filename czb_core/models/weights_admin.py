@@ -6,7 +6,7 @@ one that downloads gigabytes, or that cannot reach the weights' source at all.
 - `import_weights`: put weights copied onto the server (a folder under the allowed data roots, or an
   uploaded `.tar.gz`) into the cache, where runs find them exactly as if downloaded.
 - `verify_weights`: re-read cached files against the sha256 recorded when they arrived.
-- `weights_missing`: the sentence a page shows instead of queueing a job that would fail on its weights.
+Which entries a variant has, and what to tell a user when some are missing, is `czb_core.models.variant_weights.VariantWeights`.
 
 An import is assembled beside the cache, hashed, and tried with the variant's own `check_weights` (the
 runner reads its files as it would to check a dataset) before it replaces the cache entry. A folder that is
@@ -35,8 +35,8 @@ import scipy.sparse as sp
 from czb_core.config import get_settings
 from czb_core.errors import Cancelled, ConfigError, CzbError, InputError, WeightsError
 from czb_core.io.header import header_from_anndata
-from czb_core.models.base import MODEL_ROLE
-from czb_core.models.registry import ModelConfig, discover_models, get_model, main_role
+from czb_core.models.registry import MODEL_ROLE, ModelConfig, discover_models, get_model, main_role
+from czb_core.models.variant_weights import VariantWeights
 from czb_core.models.weights import (
     ARCHIVE_SUFFIXES,
     FILES_DIR,
@@ -45,7 +45,6 @@ from czb_core.models.weights import (
     check_sha256,
     copy_tree,
     describe_tree,
-    imported_uri,
     parse_uri,
     tree_sha256,
     unpack_archive,
@@ -93,17 +92,6 @@ class WeightsEntry:
 # ----------------------------------------------------------------------------- which entries a variant has
 
 
-def variant_weights(config: ModelConfig, variant: Optional[str] = None) -> dict[str, str]:
-    """role -> URI of the variant's weights entries: its configured sources, or, for weights without a
-    download (`weights_from`), the import-only entry. Empty for a variant without weights."""
-    chosen = config.variant(variant)
-    if chosen.weights:
-        return dict(chosen.weights)
-    if chosen.weights_from:
-        return {MODEL_ROLE: imported_uri(config.name, chosen.name)}
-    return {}
-
-
 def _label(config: ModelConfig, variant: str) -> str:
     return f"{config.display_name} / {variant}"
 
@@ -118,7 +106,7 @@ def list_weights(
     listing when `look_up_sizes` and the source answers within `timeout`, else from the config's estimate."""
     cache = cache or WeightsCache()
     wanted = [(config, vname, role, uri) for config in discover_models().values() for vname in config.variants
-              for role, uri in variant_weights(config, vname).items()]
+              for role, uri in VariantWeights.of(config, vname, cache).entries.items()]
     manifests = {uri: cache.manifest(uri) for *_, uri in wanted}
     entries = [_entry(config, vname, role, uri, manifests[uri]) for config, vname, role, uri in wanted]
     if not look_up_sizes:
@@ -212,26 +200,8 @@ def verify_weights(model: str, variant: Optional[str] = None,
                    cache: Optional[WeightsCache] = None) -> dict[str, list[str]]:
     """role -> differences between the cached files and their recorded sha256 (empty lists: intact)."""
     cache = cache or WeightsCache()
-    return {role: cache.verify(uri) for role, uri in variant_weights(get_model(model), variant).items()}
-
-
-def weights_missing(model: str, variant: Optional[str] = None, cache: Optional[WeightsCache] = None) -> Optional[str]:
-    """What to tell a user whose chosen variant has weights that are not on this server yet; None when
-    every entry is cached (or the variant needs none)."""
-    config = get_model(model)
-    chosen = config.variant(variant)
-    cache = cache or WeightsCache()
-    missing = [role for role, uri in variant_weights(config, chosen.name).items() if not cache.is_cached(uri)]
-    if not missing:
-        return None
-    label = _label(config, chosen.name)
-    if not chosen.weights:
-        return (f"{label} has no download: its weights come from {chosen.weights_from}. An admin imports them on "
-                f"the Weights page (or with `czb weights import {config.name} {chosen.name} FOLDER`).")
-    size = f" ({chosen.weights_size_mb:,.0f} MB)" if chosen.weights_size_mb else ""
-    parts = f" ({', '.join(missing)})" if len(variant_weights(config, chosen.name)) > 1 else ""
-    return (f"{label}: its weights{size}{parts} are not on this server yet. Download them on the Weights page "
-            "first, or import them there if the server cannot reach their source.")
+    entries = VariantWeights.of(get_model(model), variant, cache).entries
+    return {role: cache.verify(uri) for role, uri in entries.items()}
 
 
 # ----------------------------------------------------------------------------- importing
@@ -263,7 +233,7 @@ def import_weights(
     cache = cache or WeightsCache()
     implementation = _implementation(config, variant, cache)
     label = _label(config, implementation.variant)
-    roles = variant_weights(config, implementation.variant)
+    roles = implementation.weights.entries
     if not roles:
         raise ConfigError(f"{label} uses no weights; there is nothing to import")
     is_stream = not isinstance(source, (str, Path))

@@ -22,9 +22,10 @@ from typing import Optional
 import numpy as np
 
 from czb_core.errors import ConfigError
-from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
+from czb_core.models.base import BaseModelImplementation
 from czb_core.models.params import Param, precision_param
 from czb_core.models.prediction import CONTROL_CELL_COLUMN, predicted_effect
+from czb_core.models.registry import MODEL_ROLE
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager, DataNeeds
 from czb_core.schema.normalization import log_normalize

@@ -19,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
+from czb_core.models.base import BaseModelImplementation
 from czb_core.models.params import Param, precision_param
+from czb_core.models.registry import MODEL_ROLE
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import SYMBOL_COLUMNS, DataManager
 from czb_core.schema.report import ValidationReport

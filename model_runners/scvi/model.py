@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Optional
 
 from czb_core.errors import WeightsError
-from czb_core.models.base import MODEL_ROLE, BaseModelImplementation
+from czb_core.models.base import BaseModelImplementation
 from czb_core.models.params import Param
+from czb_core.models.registry import MODEL_ROLE
 from czb_core.models.runner import LoadedModels, RunOutput
 from czb_core.models.safe_load import verify_trusted_file
 from czb_core.schema.data_manager import UNASSIGNED, BatchSpec, DataManager, DataNeeds

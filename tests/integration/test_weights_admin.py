@@ -18,6 +18,7 @@ from czb_core.cli import main
 from czb_core.errors import InputError, WeightsError
 from czb_core.models import weights_admin
 from czb_core.models.registry import get_model
+from czb_core.models.variant_weights import VariantWeights
 from czb_core.models.weights import WeightsCache, imported_uri
 from czb_core.models.weights_admin import (
     WeightsTasks,
@@ -25,7 +26,6 @@ from czb_core.models.weights_admin import (
     import_weights,
     list_weights,
     verify_weights,
-    weights_missing,
 )
 from tests.helpers.geneformer_files import dictionary_contents, write_dictionaries
 from tests.helpers.scgpt_files import gene_symbols, write_checkpoint
@@ -95,7 +95,7 @@ def test_fetch_from_s3_reports_bytes_and_records_checksums(s3_weights):
     total = sum(p.stat().st_size for p in files_under(s3_weights))
     before = next(e for e in list_weights() if (e.model, e.variant) == ("scgpt", "human"))
     assert (before.cached, before.size_bytes, before.size_from) == (False, total, "source")
-    assert weights_missing("scgpt", "human") is not None
+    assert VariantWeights.of(get_model("scgpt"), "human").missing_message() is not None
 
     reports = []
     folders = fetch_weights("scgpt", "human", progress=lambda *r: reports.append(r))
@@ -110,7 +110,7 @@ def test_fetch_from_s3_reports_bytes_and_records_checksums(s3_weights):
     lines = sorted(f"{path}\t{sha}\n" for path, sha in digests(s3_weights).items())
     assert after.sha256 == hashlib.sha256("".join(lines).encode()).hexdigest()
     assert after.origin.startswith("downloaded")
-    assert weights_missing("scgpt", "human") is None
+    assert VariantWeights.of(get_model("scgpt"), "human").missing_message() is None
     assert verify_weights("scgpt", "human") == {"model": []}
 
 
@@ -132,7 +132,7 @@ def test_import_folder_is_used_by_runs_without_network(checkpoint, offline):
     assert entry_of("scgpt", "human").origin.startswith(f"imported from {checkpoint} by admin@lab")
     # a run's fetch finds it in the cache: nothing is downloaded (the endpoint is dead)
     assert digests(WeightsCache().fetch(SCGPT_HUMAN)) == digests(checkpoint)
-    assert weights_missing("scgpt", "human") is None
+    assert VariantWeights.of(get_model("scgpt"), "human").missing_message() is None
     assert not files_under(WeightsCache().root / ".incoming")
 
 
@@ -223,14 +223,14 @@ def test_folders_outside_the_data_roots_are_refused(tmp_path, data_root, monkeyp
 
 def test_variant_without_download_is_imported_under_its_own_entry(data_root):
     folder = write_checkpoint(data_root / "blood", gene_symbols(20), seed=3)
-    message = weights_missing("scgpt", "blood")
-    assert "no download" in message and "bowang-lab" in message and "Weights page" in message
+    message = VariantWeights.of(get_model("scgpt"), "blood").missing_message()
+    assert "no weights to download" in message and "bowang-lab" in message and "Weights page" in message
 
     [entry] = import_weights("scgpt", "blood", folder)
 
     assert entry.uri == imported_uri("scgpt", "blood") and entry.cached
     assert digests(WeightsCache().fetch(entry.uri)) == digests(folder)
-    assert weights_missing("scgpt", "blood") is None
+    assert VariantWeights.of(get_model("scgpt"), "blood").missing_message() is None
     assert not WeightsCache().is_cached(imported_uri("scgpt", "lung"))
 
 
@@ -250,7 +250,7 @@ def test_a_variant_in_parts_imports_the_part_named(data_root):
 
     [entry] = import_weights("geneformer", "gf-6L-30M-i2048", v1, role="dictionaries")
     assert (entry.role, entry.uri) == ("dictionaries", GF_DICTIONARIES)
-    missing = weights_missing("geneformer", "gf-6L-30M-i2048")
+    missing = VariantWeights.of(get_model("geneformer"), "gf-6L-30M-i2048").missing_message()
     assert "(model)" in missing  # the dictionaries are there; the checkpoint is not
 
     parent = data_root / "both"
