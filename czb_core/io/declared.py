@@ -332,8 +332,8 @@ def declared_10x_shape(m: h5py.Group, name: str) -> tuple[int, int]:
     for part, (want, what) in parts.items():
         got = length(m[part]) if part in m else None
         if got != want:
-            got = "no" if got is None else f"{got:,}"
-            raise InputError(f"{name}: the 10x matrix declares {n_genes:,} genes x {n_cells:,} cells but has {got} "
+            shown = "no" if got is None else f"{got:,}"
+            raise InputError(f"{name}: the 10x matrix declares {n_genes:,} genes x {n_cells:,} cells but has {shown} "
                              f"{part} for its {what}; the file is corrupt or incomplete, export it from CellRanger "
                              "again")
     n_data = length(m["data"]) if "data" in m else None

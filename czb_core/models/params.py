@@ -110,8 +110,8 @@ class Param:
                               "weights and model files come from the model's config or an admin's import "
                               "(the Weights page)")
         if self.choices is not None and value not in self.choices:
-            allowed = [str(c) for c in self.choices]
-            allowed = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
+            choices = [str(c) for c in self.choices]
+            allowed = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
             raise ConfigError(f"{self.name} must be {allowed}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"parameter {self.name} must be at least {self.minimum}, got {value}")

@@ -209,5 +209,5 @@ def write_extras(result: RunResult, path: str | Path) -> Optional[Path]:
         return None
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **result.extras)
+            np.savez(fh, **result.extras)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
     return Path(path)

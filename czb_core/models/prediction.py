@@ -46,7 +46,8 @@ class PredictedEffect:
         return (ordered.iloc[::-1].head(n).reset_index(drop=True), ordered.head(n).reset_index(drop=True))
 
 
-def predicted_effect(pred_ng: np.ndarray, control_ng: np.ndarray, genes_g: Sequence[str]) -> PredictedEffect:
+def predicted_effect(pred_ng: np.ndarray, control_ng: np.ndarray,
+                     genes_g: Sequence[str] | np.ndarray) -> PredictedEffect:
     """The mean predicted expression against the mean of the control cells it was predicted from."""
     pred_ng, control_ng = np.asarray(pred_ng, dtype=np.float64), np.asarray(control_ng, dtype=np.float64)
     if pred_ng.shape[1] != control_ng.shape[1] or pred_ng.shape[1] != len(genes_g):

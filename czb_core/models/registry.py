@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, cast
 
 from omegaconf import OmegaConf
 
@@ -86,7 +86,7 @@ class ModelConfig:
         """The embedding size of `variant`: its own where the config gives one, else the card's."""
         return self.variant(variant).embedding_dim or self.card.embedding_dim
 
-    def load_implementation(self) -> type:
+    def load_implementation(self) -> Any:  # the runner class, a BaseModelImplementation found by its name
         try:
             module = importlib.import_module(f"model_runners.{self.name}.model")
         except ImportError as exc:  # a runner that cannot be imported must not take the other models down
@@ -101,7 +101,7 @@ class ModelConfig:
 
 def _parse(name: str, path: Path) -> ModelConfig:
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        raw = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path), resolve=True))
         card = raw.get("card", {})
         variants = {
             vname: VariantConfig(name=vname, **(vconf or {}))

@@ -24,7 +24,7 @@ from czb_core.errors import WeightsError
 try:  # numpy >= 2
     from numpy._core.multiarray import scalar as _SCALAR
 except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import scalar as _SCALAR
+    from numpy.core.multiarray import scalar as _SCALAR  # type: ignore[no-redef]  # numpy 1.x only
 
 # dtype kinds a pickled numpy scalar may have: bool, ints, floats, complex, bytes, str (never object)
 _SCALAR_KINDS = frozenset("biufcSU")

@@ -10,7 +10,7 @@ out row blocks of counts, so runners can prepare data block by block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import anndata as ad
 import numpy as np
@@ -115,7 +115,7 @@ def detect_organism_of(header: DatasetHeader) -> SpeciesDetection:
                         detected = from_column
                         break
         header.species = detected
-    return header.species
+    return cast(SpeciesDetection, header.species)
 
 
 class DataManager:

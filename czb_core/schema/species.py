@@ -411,6 +411,8 @@ def detect_species(names: Any) -> SpeciesDetection:
     system = _classify_system(n_ids, versioned, len(symbols), len(numbers), positional)
 
     n_recognised = n_ids + len(symbols)
+    candidates: tuple[Organism, ...]
+    evidence: list[SpeciesEvidence]
     if positional:
         organism, candidates, group, evidence = None, (), "", []
         reason = "names are row numbers (0, 1, 2 ...), not genes"

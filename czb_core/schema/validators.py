@@ -158,7 +158,7 @@ class BaseSingleCellValidator(BaseModelValidator):
         retired ids); None: the vocabulary's own size."""
         return None
 
-    def _validate_dataset(self, dataset: SingleCellDataset) -> ValidationReport:
+    def _validate_dataset(self, dataset: SingleCellDataset) -> ValidationReport:  # type: ignore[override]
         return self.check(header_from_anndata(dataset.adata, dataset.path), dataset.organism)
 
     def _check_organism(self, report: ValidationReport, manager: DataManager) -> None:

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Optional, cast
 
 import psutil
 
@@ -119,7 +119,7 @@ class HealthServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = cast(tuple[str, int], self.server_address[:2])  # an IP address: text
         return f"http://{host}:{port}{HEALTH_PATH}"
 
     def stop(self) -> None:

@@ -237,6 +237,7 @@ class Workspace:
 
     def list(self, owner: Optional[str] = None) -> list[DatasetRecord]:
         """Newest first; every owner's datasets when `owner` is None."""
+        args: tuple[str, ...]
         query, args = "SELECT * FROM datasets", ()
         if owner is not None:
             query, args = query + " WHERE owner = ?", (owner,)

@@ -60,8 +60,8 @@ def embed_in_chunks(implementation, manager: DataManager, blocks: RowBlocks, *, 
         hi = min(lo + step, n_cells)
         x_ng = blocks.read(lo, hi)
 
-        def chunk_progress(name: str, done: int, total: int, lo: int = lo) -> None:
-            if name == EMBED_STEP:
+        def chunk_progress(step: str, done: float, total: Optional[float], lo: int = lo) -> None:
+            if step == EMBED_STEP:
                 progress(EMBED_STEP, lo + done, n_cells)
 
         output, kept_k = embed_rows(implementation, manager.header, manager.organism_given, x_ng,

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from czb_core.schema.report import Problem
 from czb_core.streaming.chunks import embed_rows
 from czb_core.streaming.row_blocks import RowBlocks
 from czb_core.types import Organism
+
+if TYPE_CHECKING:
+    from czb_core.models.base import BaseModelImplementation
 
 EMB, KEPT, OBS = "emb", "kept", "obs"  # arrays of the shared store: embedding rows, cells kept, per-cell outputs
 MODEL, PCA_PROJECTION = "model", "sharded PCA projection"
@@ -108,7 +111,7 @@ class ShardWorker:
     def __init__(self, job: ShardJob, projection: Optional[PCAProjection] = None):
         self.job = job
         self.projection = projection
-        self.implementation = None
+        self.implementation: Optional[BaseModelImplementation] = None
         self.blocks: Optional[RowBlocks] = None
         self.node: dict = {}
 
@@ -116,7 +119,7 @@ class ShardWorker:
         """Open the input and load the model (once for every shard this worker gets); where it runs."""
         job = self.job
         os.environ.update(job.environment)  # this process serves this worker alone
-        self.blocks = RowBlocks(job.data_path, job.location)
+        self.blocks = RowBlocks(Path(job.data_path), job.location)
         device = resolve_device(job.device)
         if job.kind == MODEL:
             implementation = job.config.load_implementation()(job.config, job.variant, weights_uri=job.weights_uri,
@@ -176,7 +179,7 @@ def write_shard(job: ShardJob, shard: Shard, emb_kd: np.ndarray, kept_n: np.ndar
     creates the arrays (zarr writes metadata atomically, and every writer writes the same metadata)."""
     import zarr
 
-    root = zarr.open_group(job.store_path, mode="a")
+    root: Any = zarr.open_group(job.store_path, mode="a")  # arrays and groups by name
     rows = np.flatnonzero(kept_n)
     root[KEPT][shard.lo:shard.hi] = kept_n
     emb_nd = np.full((shard.n_rows, emb_kd.shape[1]), np.nan, dtype=np.float32)
@@ -209,7 +212,7 @@ def read_store(store_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str
     """(emb_nd of the kept cells, kept_n, per-cell outputs of the kept cells) from a finished run's store."""
     import zarr
 
-    root = zarr.open_group(str(store_path), mode="r")
+    root: Any = zarr.open_group(str(store_path), mode="r")  # arrays and groups by name
     kept_n = np.asarray(root[KEPT][:], dtype=bool)
     rows = np.flatnonzero(kept_n)
     emb_nd = np.asarray(root[EMB][:])[rows]

@@ -190,7 +190,7 @@ def to_row_chunked(path: str | Path, location: str, out_path: str | Path, *,
 def open_row_blocks(data_path: str | Path, location: str, progress: ProgressCallback) -> RowBlocks:
     """Row blocks of the matrix; a matrix stored by columns is first converted once into a row copy kept
     in the workspace (keyed by the file's path, size and modification time)."""
-    blocks = RowBlocks(data_path, location)
+    blocks = RowBlocks(Path(data_path), location)
     if not blocks.needs_conversion:
         return blocks
     blocks.close()

@@ -246,7 +246,8 @@ class ShardPool:
     def run(self, shards: list[Shard], obs, progress: ProgressCallback, cancel: CancelToken) -> list[ShardResult]:
         """Every shard's result, in shard order. Raises `Cancelled`, the user-facing error of a worker, or
         `ShardFailed`; the workers are gone when it returns or raises."""
-        self.queue, self.obs, self.results = deque(shards), obs, {}
+        self.queue, self.obs = deque(shards), obs
+        self.results: dict[int, ShardResult] = {}
         self.inflight: dict[Any, tuple[int, Optional[Shard], float]] = {}  # ref -> (slot, shard or None: start)
         progress(SHARDS_STEP, 0, len(shards))
         try:

@@ -144,9 +144,9 @@ class TDigest:
             if k_right[i] > k_limit:
                 starts.append(i)
                 k_limit = k_right[i - 1] + 1.0
-        starts = np.asarray(starts)
-        weight_c = np.add.reduceat(weights, starts)
-        self.means = np.add.reduceat(means * weights, starts) / weight_c
+        starts_c = np.asarray(starts)
+        weight_c = np.add.reduceat(weights, starts_c)
+        self.means = np.add.reduceat(means * weights, starts_c) / weight_c
         self.weights = weight_c
 
     def quantile(self, q: float) -> float:

@@ -21,8 +21,8 @@ TEST_GROUP = "test"
 REFERENCE_GROUP = "reference"
 
 
-def wilcoxon_table(x_ng: np.ndarray, genes_g: Sequence[str], groups_n: Sequence[str], reference: str,
-                   groups: Sequence[str]) -> pd.DataFrame:
+def wilcoxon_table(x_ng: np.ndarray, genes_g: Sequence[str] | np.ndarray, groups_n: Sequence[str] | np.ndarray,
+                   reference: str, groups: Sequence[str]) -> pd.DataFrame:
     """One row per (group, gene): `condition`, `gene_id`, `score`, `logfoldchange`, `pval`, `pval_adj`
     of each group in `groups` against the `reference` cells (Benjamini-Hochberg adjusted, every gene)."""
     import scanpy as sc
@@ -53,7 +53,8 @@ def wilcoxon_table(x_ng: np.ndarray, genes_g: Sequence[str], groups_n: Sequence[
     return pd.concat(frames, ignore_index=True)
 
 
-def top_genes_by_score(test_ng: np.ndarray, reference_ng: np.ndarray, genes_g: Sequence[str], k: int) -> list[str]:
+def top_genes_by_score(test_ng: np.ndarray, reference_ng: np.ndarray, genes_g: Sequence[str] | np.ndarray,
+                       k: int) -> list[str]:
     """The first `k` genes by Wilcoxon score of `test` cells against `reference` cells, highest first
     (the most up-regulated; cz-benchmarks 0.10 ranks by the signed score, not its magnitude)."""
     x_ng = np.vstack([np.asarray(test_ng, dtype=np.float32), np.asarray(reference_ng, dtype=np.float32)])

@@ -123,7 +123,8 @@ def sample_target_genes(de: pd.DataFrame, condition_key: str = "condition", frac
     return targets
 
 
-def match_control_cells(obs_names: Sequence[str], conditions_n: Sequence[str], control_name: str,
+def match_control_cells(obs_names: Sequence[str] | np.ndarray, conditions_n: Sequence[str] | np.ndarray,
+                        control_name: str,
                         seed: int = TARGET_SEED) -> dict[str, dict[str, str]]:
     """Treated cell -> a control cell, per condition, for a dataset without a matched-control map: each
     condition's cells get distinct control cells drawn with `seed` (with replacement only when the
@@ -225,7 +226,7 @@ def score_expression_prediction(pred_ng, cell_index: Sequence[str], gene_index: 
         if not pairs:
             skipped[condition] = "no treated cell with its matched control among the predicted cells"
             continue
-        cols = [col_of[g] for g in rows["gene_id"].astype(str)]
+        cols = np.array([col_of[g] for g in rows["gene_id"].astype(str)])
         treated_rows, control_rows = (np.array(side) for side in zip(*pairs))
         treated_g = pred_ng[np.ix_(treated_rows, cols)].mean(0)
         control_g = pred_ng[np.ix_(control_rows, cols)].mean(0)
@@ -263,7 +264,7 @@ def summarize_scores(scores: Sequence[ConditionScore]) -> dict[str, float]:
 # -- cz-benchmarks 0.10: one perturbation ------------------------------------------------------------
 
 
-def single_perturbation_metrics(pred_ng, truth_ng, control_ng, genes_g: Sequence[str],
+def single_perturbation_metrics(pred_ng, truth_ng, control_ng, genes_g: Sequence[str] | np.ndarray,
                                 top_k: Sequence[int] = TOP_K) -> list[MetricResult]:
     """MSE and delta-Pearson on all genes and the top-k DE genes of truth vs control, and the Jaccard index
     of the top-k DE sets of prediction vs control and truth vs control (all on log-normalised expression
@@ -308,7 +309,7 @@ def no_change_baseline(control_ng: np.ndarray, n_cells: int) -> np.ndarray:
     return np.tile(np.asarray(control_ng, dtype=np.float64).mean(0), (n_cells, 1))
 
 
-def mean_effect_baseline(x_ng: np.ndarray, conditions_n: Sequence[str], control_name: str, condition: str,
+def mean_effect_baseline(x_ng, conditions_n: Sequence[str] | np.ndarray, control_name: str, condition: str,
                          n_cells: int) -> Optional[np.ndarray]:
     """`n_cells` rows of the control mean plus the average effect (condition mean minus control mean) of
     the dataset's perturbed conditions other than `condition`; None when there are none."""
@@ -352,7 +353,7 @@ class PredictionEvaluation:
         return float("nan") if self.observed_mean_g is None else pearson(self.effect.change_g, self.observed_change_g)
 
 
-def evaluate_prediction(pred_ng, pred_genes_g: Sequence[str], control_cells_n: Sequence[str], x_ng,
+def evaluate_prediction(pred_ng, pred_genes_g: Sequence[str] | np.ndarray, control_cells_n: Sequence[str], x_ng,
                         genes_g: Sequence[str], obs: pd.DataFrame, uns: Mapping, *, condition: str,
                         condition_key: str = "condition", control_name: str = "ctrl",
                         var_names: Optional[Sequence[str]] = None) -> PredictionEvaluation:

@@ -193,6 +193,8 @@ class FrozenFg(nn.Module):
         full[np.flatnonzero(covered_g)] = table_gd
         self.register_buffer("table", torch.from_numpy(full))
 
+    table: torch.Tensor  # a registered buffer
+
     def forward(self, genes_bl: torch.Tensor) -> torch.Tensor:
         return self.table[genes_bl]
 

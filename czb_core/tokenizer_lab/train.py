@@ -130,7 +130,7 @@ def train_run(build_model, maker: SentenceMaker, labels_n: np.ndarray, n_classes
     labels_t = torch.from_numpy(labels_n.astype(np.int64))
     step = f"{name} seed {seed}"
     progress(step, 0, config.epochs)
-    best = (-2.0, 0, None)  # validation MCC, epoch, weights
+    best: tuple[float, int, Optional[dict]] = (-2.0, 0, None)  # validation MCC, epoch, weights
     curve, epoch = [], 0
     for epoch in range(1, config.epochs + 1):
         model.train()

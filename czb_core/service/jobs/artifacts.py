@@ -35,6 +35,7 @@ def is_complete(artifact_dir: Optional[Path]) -> bool:
     if artifact_dir is None or not (Path(artifact_dir) / RECORD_JSON).is_file():
         return False
     record = read_record(artifact_dir)
+    needed: tuple[str, ...]
     if is_lab_record(record):
         needed = (record["lab_run"], record["model_file"])
     else:

@@ -22,6 +22,7 @@ from czb_core.service.jobs.artifacts import METRICS_DIR, read_embedding, read_re
 from czb_core.service.jobs.store import DONE, FAILED, QUEUED, RUNNING, Job, JobStore, Score
 from czb_core.service.workspace import Workspace
 from czb_core.tasks.baseline import store_baseline
+from czb_core.tasks.baseline_metrics import BaselineSource
 from czb_core.tasks.options import MetricOptions
 from czb_core.tasks.scoring import score_embedding
 from czb_core.types import Organism
@@ -74,6 +75,7 @@ def score_document(workspace: Workspace, job: Job, options: MetricOptions, progr
     emb_nd, obs, _ = read_embedding(job.artifact_dir)
     record = read_record(job.artifact_dir)
     sha = job.spec.dataset_sha256
+    baseline: BaselineSource
     if is_the_baseline(record):  # keep it as the dataset's baseline instead of computing it again
         store_baseline(sha, emb_nd)
         baseline = emb_nd

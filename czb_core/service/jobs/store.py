@@ -7,6 +7,7 @@ its own short transaction (see `czb_core.service.database.open_db`), so any thre
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import shutil
@@ -374,7 +375,7 @@ class JobStore:
             row = conn.execute("SELECT * FROM scores WHERE id = ?", (score_id,)).fetchone()
         return Score.from_row(row) if row else None
 
-    def scores_of(self, job_id: str) -> list[Score]:
+    def scores_of(self, job_id: str) -> builtins.list[Score]:  # `list` is the method above here
         """Newest first."""
         with open_db(self.db_path) as conn:
             rows = conn.execute("SELECT * FROM scores WHERE job_id = ? ORDER BY rowid DESC", (job_id,)).fetchall()

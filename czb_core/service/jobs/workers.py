@@ -136,7 +136,7 @@ class WorkerProcess:
         self.memory_limit_mb = memory_limit_mb
         self.log_path = workspace.root / "logs" / f"worker-{name.replace(':', '-')}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.process: Optional[multiprocessing.Process] = None
+        self.process: Optional[multiprocessing.process.BaseProcess] = None
         self.restarts = 0
 
     @property
