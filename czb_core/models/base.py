@@ -25,6 +25,7 @@ from czb_core.errors import ConfigError, DatasetValidationError, DeviceOutOfMemo
 from czb_core.io.header import header_from_anndata
 from czb_core.models.description import check_resources
 from czb_core.models.device import is_cuda_oom, resolve_device
+from czb_core.models.inference import autocast_dtype, precision_name
 from czb_core.models.params import Param, ParamSchema, common_params
 from czb_core.models.registry import ModelConfig, VariantConfig, main_role
 from czb_core.models.runner import LOADED_MODELS, RunOutput
@@ -290,6 +291,7 @@ class BaseModelImplementation(ABC):
                     from czb_core.streaming.chunks import embed_in_chunks
 
                     output = embed_in_chunks(self, manager, blocks, device=device, progress=progress, cancel=cancel)
+            self._add_precision_fact(output)
             self.report.facts.update(output.facts)
             return output
         if read_data is not None:
@@ -308,8 +310,15 @@ class BaseModelImplementation(ABC):
                 raise DeviceOutOfMemory(self.batch_size_used or self.args.batch_size or 1) from None
             raise
         output.batch_size = output.batch_size or self.batch_size_used
+        self._add_precision_fact(output)
         self.report.facts.update(output.facts)
         return output
+
+    def _add_precision_fact(self, output: RunOutput) -> None:
+        """The precision the run used on its device (`auto` is bf16 on a GPU that has it, else fp32), in the
+        run record's facts: the parameter alone does not say which ran."""
+        if "precision" in self.schema and self.device is not None:
+            output.facts["precision"] = precision_name(autocast_dtype(self.args.precision, self.device))
 
     def run(self, dataset: BaseDataset, *, device: Optional[str] = None, progress: ProgressCallback = no_progress,
             cancel: Optional[CancelToken] = None) -> ValidationReport:

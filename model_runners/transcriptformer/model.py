@@ -23,7 +23,6 @@ import numpy as np
 
 from czb_core.errors import ConfigError
 from czb_core.models.base import BaseModelImplementation
-from czb_core.models.inference import precision_name
 from czb_core.models.params import Param, precision_param
 from czb_core.models.registry import MODEL_ROLE
 from czb_core.models.runner import RunOutput
@@ -185,7 +184,6 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
         if collected is not None:
             extras = dict(zip(("gene_embeddings_cell", "gene_embeddings_gene", "gene_embeddings"), collected.result()))
         facts = {"attention": encoder.attention,
-                 "precision": precision_name(encoder.autocast_dtype),
                  "genes per cell": f"median {int(np.median(inputs.lengths)) if len(inputs) else 0:,} "
                                    f"(at most {self.model.checkpoint.sizes.seq_len:,} read)"}
         return RunOutput(emb_nd=out.emb_nd, obs={LLH_COLUMN: out.nll_n}, extras=extras, notes=notes, facts=facts)

@@ -29,7 +29,6 @@ import numpy as np
 
 from czb_core.errors import ConfigError, WeightsError
 from czb_core.models.base import BaseModelImplementation
-from czb_core.models.inference import autocast_dtype, precision_name
 from czb_core.models.params import Param, precision_param
 from czb_core.models.runner import RunOutput
 from czb_core.schema.data_manager import DataManager
@@ -204,7 +203,7 @@ class UCE(UCEValidator, BaseModelImplementation):
             parts.append(batched.outputs[0])
             done += len(tokens_nl)
         emb_nd = np.concatenate(parts) if parts else np.zeros((0, self.model.dims.output_dim), np.float32)
-        facts = {**inputs.facts, "precision": precision_name(autocast_dtype(self.args.precision, self.model.device)),
+        facts = {**inputs.facts,
                  "token table": (f"{self.model.table_bytes / 1e9:.2f} GB, {self.model.table_dtype} "
                                  f"on {self.model.device}"),
                  "batches": f"up to {self.batch_size_used} cells of one sentence length, no padding"}

@@ -101,11 +101,6 @@ KNOWN_BUGS = {
         "lytechinus_variegatus, whose gene ids are NCBI LOC/GeneID ids (Organism.SEA_URCHIN's prefix), but its "
         "validator demands Ensembl-form ids (TranscriptformerValidator.gene_id_kind='ensembl') and gene_id_system "
         "calls LOC ids symbols: every sea urchin dataset in its own ids is refused with symbols_not_ids",
-    ("precision fact", "geneformer", None, None): "Geneformer.embed returns no facts: the run record does not say "
-        "in which precision precision=auto ran",
-    ("precision fact", "scgpt", None, None): "Scgpt.embed's facts do not say in which precision precision=auto ran",
-    ("precision fact", "scgenept", None, None): "Scgenept.prediction_facts do not say in which precision "
-        "precision=auto ran",
 }
 
 
