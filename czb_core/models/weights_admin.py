@@ -6,7 +6,8 @@ one that downloads gigabytes, or that cannot reach the weights' source at all.
 - `import_weights`: put weights copied onto the server (a folder under the allowed data roots, or an
   uploaded `.tar.gz`) into the cache, where runs find them exactly as if downloaded.
 - `verify_weights`: re-read cached files against the sha256 recorded when they arrived.
-Which entries a variant has, and what to tell a user when some are missing, is `czb_core.models.variant_weights.VariantWeights`.
+Which entries a variant has, and what to tell a user when some are missing, is
+`czb_core.models.variant_weights.VariantWeights`.
 
 An import is assembled beside the cache, hashed, and tried with the variant's own `check_weights` (the
 runner reads its files as it would to check a dataset) before it replaces the cache entry. A folder that is
@@ -152,7 +153,8 @@ def source_sizes(uris: Iterable[str], cache: Optional[WeightsCache] = None,
 
 def _entry(config: ModelConfig, vname: str, role: str, uri: str, manifest: Optional[dict]) -> WeightsEntry:
     chosen = config.variant(vname)
-    common = dict(model=config.name, variant=vname, role=role, uri=uri, weights_from=chosen.weights_from)
+    common: dict[str, Any] = dict(model=config.name, variant=vname, role=role, uri=uri,
+                                  weights_from=chosen.weights_from)
     if manifest is not None:
         return WeightsEntry(**common, cached=True, size_bytes=manifest["total_bytes"], size_from="cache",
                             sha256=tree_sha256(manifest), n_files=len(manifest["files"]), origin=_origin(manifest))
