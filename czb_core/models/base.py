@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import anndata as ad
 import numpy as np
@@ -32,9 +32,13 @@ from czb_core.models.runner import LOADED_MODELS, RunOutput
 from czb_core.models.variant_weights import VariantWeights
 from czb_core.progress import CancelToken, ProgressCallback, no_progress
 from czb_core.schema.data_manager import DataManager
-from czb_core.schema.datasets import BaseDataset
+from czb_core.schema.datasets import BaseDataset, SingleCellDataset
 from czb_core.schema.report import Severity, ValidationReport
 from czb_core.types import DataType
+
+if TYPE_CHECKING:
+    from czb_core.io.header import DatasetHeader
+    from czb_core.types import ModelType, Organism
 
 
 class BaseModelImplementation(ABC):
@@ -53,6 +57,17 @@ class BaseModelImplementation(ABC):
     # True for a model fitted on all cells whose fit can run over row blocks on a Ray run's driver, so that only the
     # projection of the cells is sharded (the PCA baseline's incremental PCA); a property where the variant decides.
     shards_as_projection: ClassVar[bool] = False
+
+    # given by the validator each runner mixes in first: `class Runner(Validator, BaseModelImplementation)`
+    if TYPE_CHECKING:
+        model_type: ClassVar[ModelType]
+
+        def data_manager(self, header: DatasetHeader, organism: Optional[Organism] = None) -> DataManager: ...
+
+        def check(self, data: DatasetHeader | DataManager, organism: Optional[Organism] = None) -> ValidationReport: ...
+
+        def check_weights(self, manager: DataManager, report: ValidationReport,
+                          weights_dirs: dict[str, Path]) -> None: ...
 
     def __init__(
         self,
@@ -320,7 +335,7 @@ class BaseModelImplementation(ABC):
         if "precision" in self.schema and self.device is not None:
             output.facts["precision"] = precision_name(autocast_dtype(self.args.precision, self.device))
 
-    def run(self, dataset: BaseDataset, *, device: Optional[str] = None, progress: ProgressCallback = no_progress,
+    def run(self, dataset: SingleCellDataset, *, device: Optional[str] = None, progress: ProgressCallback = no_progress,
             cancel: Optional[CancelToken] = None) -> ValidationReport:
         """The reference flow for one dataset: load, validate, `run_model`; returns the validation report."""
         if DataType.ANNDATA not in dataset.inputs:
@@ -329,7 +344,7 @@ class BaseModelImplementation(ABC):
         self.run_model(dataset, device=device, progress=progress, cancel=cancel)
         return self.report
 
-    def run_model(self, dataset: BaseDataset, *, device: Optional[str] = None,
+    def run_model(self, dataset: SingleCellDataset, *, device: Optional[str] = None,
                   progress: ProgressCallback = no_progress, cancel: Optional[CancelToken] = None) -> RunOutput:
         """`execute` on the loaded dataset, ending as the reference did in `dataset.set_output(...)`."""
         manager = self.data_manager(header_from_anndata(dataset.adata, dataset.path), dataset.organism)
