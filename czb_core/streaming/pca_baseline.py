@@ -112,15 +112,25 @@ def stream_ppca(blocks: RowBlocks, flavour: str, n_top_genes: int = 3000, n_comp
     model = ProbabilisticPCA(len(data.columns), n_comps, blocks.n_cells, flavour, stats.mean_g, seed)
 
     class Minibatches:
-        def __iter__(self):
-            for _, _, x_nh in data:
-                for start in range(0, len(x_nh), minibatch):
-                    yield x_nh[start:start + minibatch]
+        """`minibatch` consecutive cells at a time, across block boundaries: the same minibatches whatever
+        the blocks the file is read in (in memory or streamed), so the same seed gives the same model."""
 
-    n_steps = sum(-(-(hi - lo) // minibatch) for lo, hi in _ranges(blocks))
+        def __iter__(self):
+            held: list[np.ndarray] = []
+            n_held = 0
+            for _, _, x_nh in data:
+                held.append(x_nh)
+                n_held += len(x_nh)
+                if n_held < minibatch:
+                    continue
+                rows_nh = np.concatenate(held)
+                cut = n_held - n_held % minibatch
+                for start in range(0, cut, minibatch):
+                    yield rows_nh[start:start + minibatch]
+                held, n_held = [rows_nh[cut:]], n_held - cut
+            if n_held:
+                yield np.concatenate(held)
+
+    n_steps = -(-blocks.n_cells // minibatch)
     fit_ppca(model, Minibatches(), n_epochs, lr, steps_per_epoch=n_steps, progress=progress)
     return project_blocks(data, model.embed, n_comps, out_path, progress)
-
-
-def _ranges(blocks: RowBlocks) -> list[tuple[int, int]]:
-    return [(lo, min(lo + blocks.chunk_rows, blocks.n_cells)) for lo in range(0, blocks.n_cells, blocks.chunk_rows)]

@@ -92,11 +92,6 @@ VARIANT_ORGANISMS = list(_variant_organisms())
 # Product bugs these checks found, each its own parametrisation (strict: a fix makes the test fail until the
 # entry is removed). Keys: (check, model, variant or None for every variant, organism or None).
 KNOWN_BUGS = {
-    ("chunked", "pca", "ppca", None): "ppca's embedding depends on how the file is read: stream_ppca "
-        "(czb_core/streaming/pca_baseline.py) cuts its minibatches inside each row block, and the in-memory run "
-        "(PCABaseline.embed, model_runners/pca/model.py) makes blocks of batch_size=20,000 rows where a streamed run "
-        "reads 10,000-row blocks (at 10,500 cells: max |difference| 0.03 on a scale of 1.5)",
-    ("chunked", "pca", "ppca_linear_vae", None): "as pca/ppca: its minibatches follow the row blocks",
     ("validates", "transcriptformer", "tf_metazoa", "lytechinus_variegatus"): "TranscriptFormer claims "
         "lytechinus_variegatus, whose gene ids are NCBI LOC/GeneID ids (Organism.SEA_URCHIN's prefix), but its "
         "validator demands Ensembl-form ids (TranscriptformerValidator.gene_id_kind='ensembl') and gene_id_system "
