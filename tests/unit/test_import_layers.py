@@ -13,7 +13,8 @@ cycle from the import machinery, not from this test), under `if TYPE_CHECKING:` 
        models          czb_core.models, model_runners
        streaming/tasks the runs of a model (`RUNS`: the pipeline, which reads a file in memory, streamed or
                        sharded, and the streamed and sharded runs), czb_core.tasks, czb_core.viz,
-                       czb_core.tokenizer_lab
+                       czb_core.tokenizer_lab. The pipeline keeps its path, czb_core.models.pipeline, which the
+                       service, the CLI, tests and benchmarks import.
        service         czb_core.service, czb_core.cli, czb_core.__main__
        pages           pages, app
 
