@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-import anndata as ad
-import pytest
+import os
 
-from czb_core.io.synthetic import make_synthetic_counts
+# One BLAS/OpenMP/numba thread per test process (and the subprocesses it starts), unless the caller chose
+# another number: with two threads per op on a busy 2-core machine, torch trainings and BLAS fits ran 5-20x
+# slower and their times swung from run to run. numba counts too: its OpenMP pool shares torch's libgomp, so
+# after the first UMAP torch ran on numba's thread count. Set before torch and numba are imported; numpy's
+# BLAS, already loaded by a pytest plugin, is limited below.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import anndata as ad  # noqa: E402
+import pytest  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from czb_core.io.synthetic import make_synthetic_counts  # noqa: E402
+
+threadpool_limits(limits=int(os.environ["OMP_NUM_THREADS"]))
 
 pytest_plugins = ["tests.helpers.s3_server"]
 

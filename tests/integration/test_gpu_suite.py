@@ -16,6 +16,8 @@ import pytest
 
 from benchmarks.gpu_suite import COLUMNS, main, suite_entries
 
+pytestmark = pytest.mark.slow  # the quick suite runs every benchmark entry in a fresh python (tens of seconds)
+
 ROOT = Path(__file__).resolve().parents[2]
 ABSENT = ("anndata", "scanpy", "streamlit", "omegaconf", "numba")
 BARE_PYTHON = (

@@ -11,6 +11,7 @@ from czb_core.tasks.classifiers import make_classifiers
 from czb_core.tasks.fuzzy_graph import umap_connectivities
 from czb_core.tasks.label_prediction import _scorers, fold_scores
 from czb_core.tasks.neighbors import compute_knn
+from czb_core.viz.umap import import_umap
 
 
 def clouds(n_cells, dims, n_labels, seed, dtype=np.float32):
@@ -23,6 +24,8 @@ def clouds(n_cells, dims, n_labels, seed, dtype=np.float32):
 @pytest.mark.parametrize(("n_cells", "k", "dtype"), [(1500, 15, np.float32), (700, 15, np.float64), (12, 12, np.float32)])
 def test_connectivities_equal_umap_fuzzy_simplicial_set_bit_for_bit(n_cells, k, dtype):
     import scipy.sparse as sp
+
+    import_umap()  # umap's numba code from the disk cache `czb warmup` fills, not compiled again (~15 s)
     from umap.umap_ import fuzzy_simplicial_set
 
     emb_nd, _ = clouds(n_cells, 20, 5, seed=n_cells, dtype=dtype)
