@@ -50,6 +50,20 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
     return params
 
 
+def _add_run_arguments(p: argparse.ArgumentParser, *model_flag: str, **model_options) -> None:
+    """The arguments every command that runs a model takes: the data, the model (`model_options`: its
+    default or that it is required), the variant, organism, device, batch size, parameters and weights."""
+    p.add_argument("data")
+    p.add_argument(*model_flag, **model_options)
+    p.add_argument("--variant")
+    p.add_argument("--organism")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
+    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
+                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
+
+
 def cmd_models(args) -> int:
     from czb_core.models.registry import discover_models
     from czb_core.models.variant_weights import VariantWeights
@@ -398,17 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("run", help="embed a dataset with a model and write a slim h5ad")
-    p.add_argument("data")
-    p.add_argument("--model", required=True)
-    p.add_argument("--variant")
-    p.add_argument("--organism")
+    _add_run_arguments(p, "--model", required=True)
     p.add_argument("--out", required=True, help="output .h5ad (obs, obsm['X_<model>'], uns['czb_run'])")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
-    p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
-                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.add_argument("--stream", action="store_true",
                    help="read the matrix in row blocks, never whole (models that can; default: only when it does "
                         "not fit in memory)")
@@ -419,38 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("perturb", help="in-silico perturbation: embed perturbed cells and their shift (Geneformer)")
-    p.add_argument("data")
-    p.add_argument("--model", default="geneformer")
-    p.add_argument("--variant")
-    p.add_argument("--organism")
+    _add_run_arguments(p, "--model", default="geneformer")
     p.add_argument("--out", required=True, help="output .h5ad: perturbed embedding, obs['perturbation_shift']")
     p.add_argument("--delete", nargs="+", default=[], metavar="GENE", help="genes removed before ranking")
     p.add_argument("--activate", nargs="+", default=[], metavar="GENE", help="genes moved to the top, in order")
     p.add_argument("--map", nargs="+", default=[], metavar="GENE=TOKEN",
                    help="replace a gene's token (e.g. TP53=<mask>)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
-                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("perturb-predict", help="predict a perturbation's effect on control cells (scGenePT)")
-    p.add_argument("data")
-    p.add_argument("--model", help="a model whose output is a prediction (default: the only one registered)")
-    p.add_argument("--variant")
-    p.add_argument("--organism")
+    _add_run_arguments(p, "--model", help="a model whose output is a prediction (default: the only one registered)")
     p.add_argument("--perturbation", required=True, metavar="GENE+ctrl|GENE1+GENE2")
     p.add_argument("--control-key", help="obs column marking the control cells (default: the model's)")
     p.add_argument("--control-value", help="the control cells' label in that column (default: the model's)")
     p.add_argument("--n-cells", type=int, help="control cells sampled, seeded (default: the model's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="output .h5ad: X = predicted expression, obs['control_cell']")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter (repeatable)")
-    p.add_argument("--weights", help="S3 URI, https URL or local directory to use instead of the variant's model "
-                                      "weights (its other parts, e.g. Geneformer's dictionaries, stay the config's)")
     p.set_defaults(func=cmd_perturb_predict)
 
     p = sub.add_parser("benchmark", help="score an embedding already in an h5ad beside the PCA baseline, or "

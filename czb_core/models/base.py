@@ -274,6 +274,18 @@ class BaseModelImplementation(ABC):
         self.load(weights_dir, device)
         LOADED_MODELS.put(key, self.model)
 
+    def validate_and_fetch(self, manager: DataManager, progress: ProgressCallback,
+                           cancel: CancelToken) -> dict[str, Path]:
+        """The checks that need no loaded data (raising on errors), then the weights on disk (role -> folder)."""
+        progress("validate", 0, 1)
+        self.report = self.check(manager)
+        self.report.raise_for_errors()
+        progress("validate", 1, 1)
+        cancel.check()
+        dirs = self.fetch_weights(progress, cancel)
+        cancel.check()
+        return dirs
+
     def execute(
         self,
         manager: DataManager,
@@ -289,13 +301,7 @@ class BaseModelImplementation(ABC):
         `open_blocks` instead streams it (`RowBlocks`) to `embed_blocks`, for a runner that can. Raises
         `DatasetValidationError`, `WeightsError`, `ConfigError`, `Cancelled` or `DeviceOutOfMemory`."""
         cancel = cancel or CancelToken()
-        progress("validate", 0, 1)
-        self.report = self.check(manager)
-        self.report.raise_for_errors()
-        progress("validate", 1, 1)
-        cancel.check()
-        dirs = self.fetch_weights(progress, cancel)
-        cancel.check()
+        dirs = self.validate_and_fetch(manager, progress, cancel)
         if open_blocks is not None:
             self.check_can_stream()
             with open_blocks() as blocks:

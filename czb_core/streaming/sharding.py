@@ -143,12 +143,7 @@ def shard_kind(implementation) -> str:
 def validate_on_driver(implementation, manager: DataManager, progress: ProgressCallback, cancel: CancelToken) -> None:
     """The checks of `execute` that need no loaded data, and the weights in the cache, once for the whole run;
     the checks that read counts run per shard on the workers."""
-    progress("validate", 0, 1)
-    implementation.report = implementation.check(manager)
-    implementation.report.raise_for_errors()
-    progress("validate", 1, 1)
-    cancel.check()
-    dirs = implementation.fetch_weights(progress, cancel)
+    dirs = implementation.validate_and_fetch(manager, progress, cancel)
     implementation.check_weights(manager, implementation.report, dirs)
     implementation.report.raise_for_errors()
     cancel.check()
