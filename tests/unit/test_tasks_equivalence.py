@@ -21,7 +21,8 @@ def clouds(n_cells, dims, n_labels, seed, dtype=np.float32):
     return emb_nd.astype(dtype), pd.Series([f"type{i}" for i in labels_n])
 
 
-@pytest.mark.parametrize(("n_cells", "k", "dtype"), [(1500, 15, np.float32), (700, 15, np.float64), (12, 12, np.float32)])
+@pytest.mark.parametrize(("n_cells", "k", "dtype"),
+                         [(1500, 15, np.float32), (700, 15, np.float64), (12, 12, np.float32)])
 def test_connectivities_equal_umap_fuzzy_simplicial_set_bit_for_bit(n_cells, k, dtype):
     import scipy.sparse as sp
 
@@ -50,7 +51,8 @@ def test_fold_scores_equal_cross_validate_per_classifier():
     labels = pd.Categorical(labels_n[keep_n].astype(str))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=11)
     for name, pipeline in make_classifiers(11).items():
-        expected = cross_validate(pipeline, emb_nd[keep_n], labels.codes, cv=folds, scoring=_scorers(len(labels.categories)))
+        expected = cross_validate(pipeline, emb_nd[keep_n], labels.codes, cv=folds,
+                                  scoring=_scorers(len(labels.categories)))
         rows = ours[ours["classifier"] == name].sort_values("fold")
         for metric in ("accuracy", "f1", "precision", "recall", "auroc", "mcc"):
             assert rows[metric].tolist() == expected[f"test_{metric}"].tolist(), (name, metric)
