@@ -336,10 +336,13 @@ def transcriptformer_entries(quick: bool) -> list[SuiteEntry]:
 # -- UCE -------------------------------------------------------------------------------------------
 
 UCE_SIZES = {  # encoder layers of the published checkpoints; both: d_model 1,280, 20 heads, FFN 5,120
-    "4-layer": dict(n_layers=4, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120, decoder_dims=(1024, 1280, 1280, 1280)),
-    "33-layer": dict(n_layers=33, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120, decoder_dims=(1024, 1280, 1280, 1280)),
+    "4-layer": dict(n_layers=4, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120,
+                    decoder_dims=(1024, 1280, 1280, 1280)),
+    "33-layer": dict(n_layers=33, d_model=1280, n_heads=20, d_hid=5120, token_dim=5120,
+                     decoder_dims=(1024, 1280, 1280, 1280)),
 }
-UCE_TINY = {"tiny 2-layer": dict(n_layers=2, d_model=40, n_heads=20, d_hid=64, token_dim=64, decoder_dims=(32, 24, 24, 24))}
+UCE_TINY = {"tiny 2-layer": dict(n_layers=2, d_model=40, n_heads=20, d_hid=64, token_dim=64,
+                                 decoder_dims=(32, 24, 24, 24))}
 UCE_CELLS = {"4-layer": 1_000, "33-layer": 200}  # fp32: about 310 GFLOP (4-layer), 2.4 TFLOP (33-layer) per cell
 UCE_TABLE_ROWS, UCE_GENE_ROWS, UCE_CHROMOSOMES = 145_469, 143_574, 25  # the published table; a human-like genome
 UCE_CHROMOSOME_GENES = (2050, 1250, 1080, 750, 880, 1040, 920, 680, 780, 730, 1300, 1030, 320, 610, 600, 850,
@@ -477,7 +480,8 @@ def generate_lab_cells(n_cells: int, seed: int, detected: int, max_length: int):
 
 def describe_lab_cells(cells) -> str:
     lengths = (cells[0] != LAB_GENES).sum(axis=1)
-    return (f"{len(lengths):,} generated cells of {lengths.min():,}-{lengths.max():,} genes (mean {lengths.mean():,.0f}), "
+    return (f"{len(lengths):,} generated cells of {lengths.min():,}-{lengths.max():,} genes "
+            f"(mean {lengths.mean():,.0f}), "
             f"training steps (forward, backward, AdamW) in batches of {LAB_BATCH}")
 
 
@@ -530,7 +534,8 @@ def tokenizer_lab_entries(quick: bool) -> list[SuiteEntry]:
         setups = (
             Setup(f"fp32, eager attention (math kernel), training batches of {LAB_BATCH}",
                   partial(prepare_lab, dims, max_length, "fp32", "eager")),
-            Setup(f"fp32, SDPA, training batches of {LAB_BATCH}", partial(prepare_lab, dims, max_length, "fp32", "sdpa")),
+            Setup(f"fp32, SDPA, training batches of {LAB_BATCH}",
+                  partial(prepare_lab, dims, max_length, "fp32", "sdpa")),
             Setup(f"bf16 autocast, SDPA, training batches of {LAB_BATCH}",
                   partial(prepare_lab, dims, max_length, "bf16", "sdpa")),
         )
@@ -620,8 +625,8 @@ def scgenept_entries(quick: bool) -> list[SuiteEntry]:
     return entries
 
 
-ENTRY_BUILDERS: tuple[Callable[[bool], list[SuiteEntry]], ...] = (geneformer_entries, scgpt_entries, transcriptformer_entries,
-                                                                 uce_entries, scgenept_entries, tokenizer_lab_entries)
+ENTRY_BUILDERS: tuple[Callable[[bool], list[SuiteEntry]], ...] = (
+    geneformer_entries, scgpt_entries, transcriptformer_entries, uce_entries, scgenept_entries, tokenizer_lab_entries)
 
 
 # -- the harness -----------------------------------------------------------------------------------

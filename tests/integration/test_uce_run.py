@@ -32,8 +32,17 @@ from model_runners.uce import files
 from model_runners.uce.model import MODEL_FILES, UCE
 from model_runners.uce.sampler import sample_sentences
 from tests.helpers.geneformer_files import Exploit
-from tests.helpers.uce_files import (CHROM_RIGHT, CLS, PAD_LENGTH, TINY, SpeciesGenes, chromosome_codes,
-                                     reference_embedding, write_checkpoint, write_model_files)
+from tests.helpers.uce_files import (
+    CHROM_RIGHT,
+    CLS,
+    PAD_LENGTH,
+    TINY,
+    SpeciesGenes,
+    chromosome_codes,
+    reference_embedding,
+    write_checkpoint,
+    write_model_files,
+)
 
 HUMAN_PLACED, HUMAN_UNPLACED = 250, 10  # of the 300 genes of `small_adata`: the rest have no embedding
 CHROMOSOMES = ("1", "10", "2", "MT", "X")
@@ -241,7 +250,8 @@ def test_a_streamed_run_samples_by_input_row_and_equals_the_whole_run(registered
     whole = embed_file(path, "uce", "4l", params=params, device="cpu", stream=False)
     streamed = embed_file(path, "uce", "4l", params=params, device="cpu", stream=True)
     np.testing.assert_allclose(streamed.emb_nd, whole.emb_nd, atol=1e-6)
-    assert streamed.record["reading"] == "streamed" and "3 chunks of up to 8 cells" in streamed.record["facts"]["reading"]
+    assert streamed.record["reading"] == "streamed"
+    assert "3 chunks of up to 8 cells" in streamed.record["facts"]["reading"]
     assert streamed.record["facts"]["genes used"] == HUMAN_PLACED  # the same in every chunk: kept once
     assert list(streamed.obs.index) == list(whole.obs.index)
     write_run_h5ad(streamed, tmp_path / "streamed.h5ad")  # the embedding on disk is written like any other

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -56,6 +55,8 @@ class LabServer(RuleBasedStateMachine):
             make_synthetic_counts(n_cells=12, n_genes=20, n_types=2, n_batches=1, seed=seed).write_h5ad(path)
             self.files[name] = path
         self.manager = self._start()
+        # Picks index these in insertion order, never by id: ids are random, and a replayed example must pick
+        # the same record and job it picked the first time.
         self.records: dict[str, str] = {}  # record id -> owner, as the model expects
         self.jobs: dict[str, str] = {}  # job id -> owner
         self.shares: dict[str, str] = {}  # token -> job id
@@ -97,7 +98,7 @@ class LabServer(RuleBasedStateMachine):
     @precondition(lambda self: self.records)
     @rule(user=st.sampled_from(USERS), pick=st.integers(0, 50), n_comps=st.integers(2, 4))
     def run(self, user, pick, n_comps):
-        dataset_id = sorted(self.records)[pick % len(self.records)]
+        dataset_id = list(self.records)[pick % len(self.records)]
         if self.records[dataset_id] != user:
             with pytest.raises(KeyError):
                 self.manager.submit(dataset_id, "pca", owner=user, params={"n_comps": n_comps})
@@ -110,7 +111,7 @@ class LabServer(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(user=st.sampled_from(USERS), pick=st.integers(0, 50), label=st.sampled_from(["cell_type", "batch"]))
     def score(self, user, pick, label):
-        job_id = sorted(self.jobs)[pick % len(self.jobs)]
+        job_id = list(self.jobs)[pick % len(self.jobs)]
         if self.manager.get(job_id) is None:
             return
         if self.jobs[job_id] != user:
@@ -123,7 +124,7 @@ class LabServer(RuleBasedStateMachine):
     @precondition(lambda self: self.jobs)
     @rule(user=st.sampled_from(USERS), pick=st.integers(0, 50))
     def share(self, user, pick):
-        job_id = sorted(self.jobs)[pick % len(self.jobs)]
+        job_id = list(self.jobs)[pick % len(self.jobs)]
         job = self.manager.get(job_id)
         shares = Shares(self.manager.store)
         if job is None or self.jobs[job_id] != user:
@@ -137,7 +138,7 @@ class LabServer(RuleBasedStateMachine):
     @precondition(lambda self: self.records)
     @rule(user=st.sampled_from((*USERS, ADMIN)), pick=st.integers(0, 50))
     def delete(self, user, pick):
-        dataset_id = sorted(self.records)[pick % len(self.records)]
+        dataset_id = list(self.records)[pick % len(self.records)]
         owner = self.records[dataset_id]
         scope = None if user == ADMIN else user
         self._wait_idle()
