@@ -13,7 +13,7 @@ checkpoints of `benchmarks/parity_uce.py` (4 and 33 layers, mouse and human cell
 padded to 1,536 agree with their run to a median centred cosine of 0.75-0.90, where the authors' own runs with
 two seeds agree to 0.978-0.988. In the authors' batches of 25 consecutive cells, cut to the longest, a cell sees
 a few pads, which moves its embedding a little (there, their batches of 1 against 25: median 0.9998-0.99999,
-worst cell 0.996-0.998). `embed` puts only sentences of one length in a batch (a sentence is
+worst cell 0.996-0.9994). `embed` puts only sentences of one length in a batch (a sentence is
 1 + sample size + 2 x its chromosome groups long, so a block's lengths take few values): no cell meets a
 pad, the float mask, kept as the authors pass it, adds nothing, and a cell's embedding is the one the
 authors' code gives it in a batch of its own, whatever the batch size or the other cells.
