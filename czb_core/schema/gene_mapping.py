@@ -277,6 +277,15 @@ def _organism_of(species: Organism | str) -> Organism:
 # Same species
 
 
+def _read_names(names: Any, species: Organism | str):
+    """What both directions start from: the organism, its reference index, the names as text, empty result
+    rows, which names are ids of the reference's system, and the names without version suffixes."""
+    ix = species_index(species)
+    s = _as_str_series(names)
+    return (_organism_of(species), ix, s, _Rows.empty(len(s)), _ids_of(s, ix),
+            pd.Series(strip_version(s), dtype=object))
+
+
 def map_symbols_to_ids(names: Any, species: Organism | str) -> GeneMapping:
     """Symbols (any case) -> unversioned Ensembl ids of `species`' reference.
 
@@ -285,12 +294,7 @@ def map_symbols_to_ids(names: Any, species: Organism | str) -> GeneMapping:
     upper-cased -> `mapped` (match "exact" when the case agrees, else "case_insensitive"), or
     `ambiguous` when several genes carry it (the lowest id is taken); else `unresolved`.
     """
-    organism = _organism_of(species)
-    ix = species_index(species)
-    s = _as_str_series(names)
-    rows = _Rows.empty(len(s))
-    is_id = _ids_of(s, ix)
-    stripped = pd.Series(strip_version(s), dtype=object)
+    organism, ix, s, rows, is_id, stripped = _read_names(names, species)
     in_ref = stripped.isin(ix.id_to_symbol.index)
     missing = pd.Series(np.where(in_ref, "", f"id not in {ix.info.label}"), dtype=object)
     rows.set(is_id, stripped, "already_id", "id", 1, missing)
@@ -313,12 +317,7 @@ def map_ids_to_symbols(ids: Any, species: Organism | str) -> GeneMapping:
     (noted; `mapped_or_input` keeps the id); an id it lacks -> `unresolved`; a symbol of the
     reference (any case) -> its reference spelling, `already_symbol`; anything else -> `unresolved`.
     """
-    organism = _organism_of(species)
-    ix = species_index(species)
-    s = _as_str_series(ids)
-    rows = _Rows.empty(len(s))
-    is_id = _ids_of(s, ix)
-    stripped = pd.Series(strip_version(s), dtype=object)
+    organism, ix, s, rows, is_id, stripped = _read_names(ids, species)
     symbol = stripped.map(ix.id_to_symbol)
     rows.set(is_id & symbol.fillna("").ne(""), symbol, "mapped", "id", 1)
     rows.note[is_id & symbol.eq("")] = f"gene has no symbol in {ix.info.label}"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from czb_core.streaming.training import train_epochs
+
 
 class StreamedLogisticRegression(nn.Module):
     def __init__(self, n_genes: int, n_classes: int, n_obs: int, prior_scale: float = 1.0, init_scale: float = 1.0,
@@ -43,19 +45,13 @@ def fit_logistic(model: StreamedLogisticRegression, minibatches: Iterable, n_epo
                  progress=None) -> list[float]:
     """Adam over `n_epochs` passes of `minibatches` (a re-iterable of (x_ng, y_n) blocks); loss per epoch."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for epoch in range(n_epochs):
-        losses = []
-        for x_ng, y_n in minibatches:
-            optimizer.zero_grad()
-            loss = model.loss(torch.as_tensor(np.asarray(x_ng, dtype=np.float32)), torch.as_tensor(y_n).long())
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item() / model.n_obs)
-        history.append(float(np.mean(losses)))
-        if progress is not None:
-            progress("train logistic regression", epoch + 1, n_epochs)
-    return history
+
+    def loss_of(batch):
+        x_ng, y_n = batch
+        return model.loss(torch.as_tensor(np.asarray(x_ng, dtype=np.float32)), torch.as_tensor(y_n).long())
+
+    return train_epochs(minibatches, loss_of, n_epochs, optimizer, model.n_obs, progress=progress,
+                        step="train logistic regression")
 
 
 class StreamedLogisticClassifier:

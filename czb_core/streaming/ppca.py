@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from czb_core.streaming.training import train_epochs
+
 FLAVOURS = ("marginalized", "linear_vae")
 
 
@@ -84,17 +86,9 @@ def fit_ppca(model: ProbabilisticPCA, minibatches: Iterable, n_epochs: int, lr: 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     total = n_epochs * (steps_per_epoch or sum(1 for _ in minibatches))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
-    history = []
-    for epoch in range(n_epochs):
-        losses = []
-        for x_ng in minibatches:
-            optimizer.zero_grad()
-            loss = model.loss(torch.as_tensor(np.asarray(x_ng, dtype=np.float64)))
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item() / model.n_obs)
-        history.append(float(np.mean(losses)))
-        if progress is not None:
-            progress("train ppca", epoch + 1, n_epochs)
-    return history
+
+    def loss_of(x_ng):
+        return model.loss(torch.as_tensor(np.asarray(x_ng, dtype=np.float64)))
+
+    return train_epochs(minibatches, loss_of, n_epochs, optimizer, model.n_obs, scheduler=scheduler,
+                        progress=progress, step="train ppca")
