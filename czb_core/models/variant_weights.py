@@ -89,9 +89,8 @@ class VariantWeights:
     def no_download_problem(self) -> tuple[str, str]:
         """(message, fix) for a variant whose weights have no download and are not on this server."""
         return (f"{self.label} has no weights to download: its authors publish them only on their own site.",
-                f"download them from {self.variant.weights_from}; an admin imports the folder on {WEIGHTS_PAGE} "
-                f"(or `czb weights import {self.config.name} {self.variant.name} FOLDER`), and a command-line "
-                "run also takes it with --weights DIR")
+                f"download them from {self.variant.weights_from}; an admin imports the folder on {WEIGHTS_PAGE}, "
+                "and a command-line run also takes it with --weights DIR")
 
     def missing_message(self) -> Optional[str]:
         """What to tell a user whose variant has entries not on this server yet, with where to get them;
@@ -100,7 +99,8 @@ class VariantWeights:
         if not missing:
             return None
         if not self.has_download:
-            return " Fix: ".join(self.no_download_problem())
+            message, fix = self.no_download_problem()
+            return f"{message} Fix: {fix} (`czb weights import {self.config.name} {self.variant.name} FOLDER`)."
         size = f" ({self.variant.weights_size_mb:,.0f} MB)" if self.variant.weights_size_mb else ""
         parts = f" ({', '.join(missing)})" if len(self.entries) > 1 else ""
         return (f"{self.label}: its weights{size}{parts} are not on this server yet. Download them on "
