@@ -13,7 +13,7 @@ from czb_core.io.exports import download_name, run_file_stem
 from czb_core.models.reproduce import reproduce_script
 from czb_core.service.baseline import is_the_baseline
 from czb_core.service.jobs import artifacts
-from czb_core.service.jobs.manager import is_prediction_model
+from czb_core.service.jobs.kinds import PREDICTION, kind_of
 from czb_core.service.sharing import Shares
 from czb_core.tasks.column_roles import suggest_columns
 from czb_core.tasks.comparison import compare_runs
@@ -27,7 +27,6 @@ from czb_core.tasks.scoreboard import (
     run_label,
     scoreboard,
 )
-from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.viz.plots import (
     AUTO,
     CATEGORICAL,
@@ -54,16 +53,16 @@ manager = job_manager()
 header = dataset_header(str(record.path), record.sha256)
 obs_names = header.obs.index.to_numpy()
 done = [j for j in manager.list(dataset_id=record.id, owner=scope())
-        if j.status == "done" and j.model != LAB_MODEL]  # lab trainings are read on the Tokenizer lab page
+        if j.status == "done" and kind_of(j.model).page == "results"]  # lab trainings: the Tokenizer lab page
 if not done:
     st.info("No finished run on this dataset yet.")
     st.page_link("pages/run.py", label="Go to 3. Run", icon="▶️")
     st.stop()
-predictions = [j for j in done if is_prediction_model(j.model)]  # predicted expression: no UMAP, no embedding metrics
+predictions = [j for j in done if kind_of(j.model) == PREDICTION]  # predicted expression: no UMAP, no embedding metrics
 if predictions:
     prediction_view(predictions, {j.id: run_label(j.model, j.variant, j.spec.params, j.id) for j in predictions},
                     {j.id: run_file_stem(record.name, j.model, j.variant, j.id) for j in predictions}, str(record.path))
-done = [j for j in done if not is_prediction_model(j.model)]
+done = [j for j in done if kind_of(j.model) != PREDICTION]
 if not done:
     st.stop()
 if predictions:

@@ -19,9 +19,9 @@ from czb_core.models.variant_weights import VariantWeights
 from czb_core.progress import ACTIVE, format_duration, progress_fraction, progress_line, queue_line, seconds_since
 from czb_core.schema.data_manager import DataManager
 from czb_core.service.access import is_admin
+from czb_core.service.jobs.kinds import kind_of
 from czb_core.streaming.plan import plan_reading
 from czb_core.tasks import NO_BATCH, MetricOptions, suggest_columns
-from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
 from pages.common import (
     current_user,
@@ -231,7 +231,7 @@ def job_panel(job, scores, now: datetime) -> None:
             st.info(f"Embedding done; scoring beside the PCA baseline ({scoring[0].step or 'waiting'}).")
         else:
             st.success("Done." + (f" Metrics: {scores[0].error}" if scores and scores[0].error else ""))
-        if job.model == LAB_MODEL:
+        if kind_of(job.model).page == "tokenizer_lab":
             st.page_link("pages/tokenizer_lab.py", label="See it in the Tokenizer lab", icon="🧪")
         else:
             st.page_link("pages/results.py", label="See the results", icon="📊")

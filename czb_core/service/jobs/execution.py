@@ -47,10 +47,10 @@ from czb_core.service.jobs.artifacts import (
     record_json,
 )
 from czb_core.service.jobs.job_log import job_log
+from czb_core.service.jobs.kinds import kind_of
 from czb_core.service.jobs.store import CANCELLED, DONE, FAILED, RUNNING, Job, JobStore, until_store_answers
 from czb_core.service.workspace import Workspace
 from czb_core.tasks.column_roles import suggest_columns
-from czb_core.tokenizer_lab import LAB_MODEL
 from czb_core.types import Organism
 from czb_core.viz.umap import compute_umap
 
@@ -131,7 +131,7 @@ class JobRunner:
     def run(self, job: Job) -> None:
         """The device stage: embed and save the embedding, then hand the job to the CPU pool. A tokenizer-lab
         training leaves nothing for the pool (no UMAP, no metrics): its device stage completes it."""
-        if job.model == LAB_MODEL:
+        if not kind_of(job.model).model_run:
             if self._guarded(job, partial(self._train_lab, job)):
                 self._complete(job)
             return

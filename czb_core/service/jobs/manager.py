@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from czb_core.config import get_settings
 from czb_core.errors import ConfigError
-from czb_core.models.description import describe
 from czb_core.models.device import choose_device, cuda_devices, gpu_free_bytes
 from czb_core.models.memory import estimate_variant_memory, fit_problem, gib
 from czb_core.models.pipeline import embed_file
@@ -40,6 +39,7 @@ from czb_core.service.fixes import FixRunner
 from czb_core.service.jobs.artifacts import is_complete
 from czb_core.service.jobs.cpu_pool import CpuTasks
 from czb_core.service.jobs.execution import JobRunner
+from czb_core.service.jobs.kinds import kind_of
 from czb_core.service.jobs.scoring import Scorer
 from czb_core.service.jobs.spec import JobSpec
 from czb_core.service.jobs.store import CANCELLED, QUEUED, RETRYABLE, Job, JobStore, Score
@@ -50,7 +50,7 @@ from czb_core.service.workspace import Workspace
 from czb_core.service.writer_lock import acquire_writer, release_writer, wait_for_orphan_workers
 from czb_core.tasks.options import MetricOptions
 from czb_core.tokenizer_lab import LAB_MODEL
-from czb_core.types import Organism, Output
+from czb_core.types import Organism
 
 if TYPE_CHECKING:  # torch behind them: imported where lab jobs are made
     from czb_core.tokenizer_lab.lab import LabSplit
@@ -59,12 +59,6 @@ if TYPE_CHECKING:  # torch behind them: imported where lab jobs are made
 
 log = logging.getLogger(__name__)
 RETENTION_SWEEP_S = 24 * 3600
-
-
-def is_prediction_model(model: str) -> bool:
-    """Whether the model's runs predict expression (no UMAP, no embedding metrics) rather than embed cells;
-    a tokenizer-lab training does neither."""
-    return model != LAB_MODEL and describe(get_model(model)).output == Output.PREDICTION
 
 
 def _organism_name(organism: Optional[str]) -> Optional[str]:
@@ -174,7 +168,7 @@ class JobManager:
         owner = owner or get_settings().user
         record = self.workspace.get(dataset_id, owner)  # KeyError ("not found") now, not a failed job later
         config = get_model(model)
-        score = score and describe(config, variant).output == Output.EMBEDDING  # a prediction is read on Results
+        score = score and kind_of(model).scored  # a prediction is read on the Results page
         variant_config = config.variant(variant)
         implementation_class = config.load_implementation()
         schema = implementation_class.param_schema(variant_config)
@@ -271,15 +265,14 @@ class JobManager:
         GPU when there is one. A device that is not there is refused for a baseline too."""
         gpus = [d for d in self.devices if d != "cpu"]
         device = choose_device(request, self.store.device_loads(gpus) if gpus else {})
-        baseline = model != LAB_MODEL and describe(get_model(model)).baseline
-        return "cpu" if baseline else device
+        return "cpu" if kind_of(model).cpu_only else device
 
     def _memory_note(self, spec: JobSpec, device: str) -> Optional[str]:
         """On a GPU: refuse (ConfigError) a run whose estimated memory exceeds the GPU's free memory, with
         the figures and the fix; else the note kept with the job (and its run record), so the estimate can
         be compared with the measured `peak_gpu_mb`. None on the CPU or without an estimate (a tokenizer-lab
         training has none: its model is built from the data)."""
-        if not device.startswith("cuda") or spec.model == LAB_MODEL:
+        if not device.startswith("cuda") or not kind_of(spec.model).model_run:
             return None
         config = get_model(spec.model)
         variant = config.variant(spec.variant)
