@@ -131,6 +131,12 @@ class BaseModelImplementation(ABC):
             self._weights_cache = WeightsCache()
         return self._weights_cache
 
+    @classmethod
+    def esm2_gene_table(cls, variant: VariantConfig, dirs: dict[str, Path], organism: Organism) -> Optional[Path]:
+        """The ESM-2 gene table of `organism` that the variant's weights hold (`dirs`: role -> folder of the
+        cached entries), for the tokenizer lab's Fg; None for a model whose weights hold none."""
+        return None
+
     @property
     def weights(self) -> VariantWeights:
         """The variant's weights entries and what the cache holds of them."""

@@ -12,6 +12,7 @@ the Run and Weights pages and the admin functions give the same answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from czb_core.models.registry import MODEL_ROLE, ModelConfig, VariantConfig, main_role
@@ -67,6 +68,11 @@ class VariantWeights:
     def cached(self) -> dict[str, bool]:
         """role -> whether the cache holds that entry."""
         return {role: self.cache.is_cached(uri) for role, uri in self.entries.items()}
+
+    def cached_dirs(self) -> dict[str, Path]:
+        """role -> folder of each entry the cache holds (never downloads)."""
+        found = {role: self.cache.cached_files(uri) for role, uri in self.entries.items()}
+        return {role: folder for role, folder in found.items() if folder is not None}
 
     def missing(self) -> list[str]:
         """The roles of the entries the cache lacks (all of them must be there for a run)."""

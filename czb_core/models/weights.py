@@ -490,6 +490,14 @@ class WeightsCache:
         """True when `fetch(uri)` would need no download."""
         return self.manifest(uri) is not None
 
+    def cached_files(self, uri: str) -> Optional[Path]:
+        """The folder holding `uri`'s files when they are cached (a local folder: itself), else None; never
+        downloads."""
+        local = _local_dir(uri)
+        if local is not None:
+            return local
+        return self.entry_dir(uri) / FILES_DIR if self.is_cached(uri) else None
+
     def manifest(self, uri: str) -> Optional[dict]:
         """The entry's manifest if it is complete; for a local folder, one computed on the spot."""
         local = _local_dir(uri)

@@ -329,8 +329,9 @@ def _try_weights(implementation, label: str, where: str, roles: dict[str, str], 
     sha256), so a runner that verifies files against the manifest (scVI's `model.pt`) checks these bytes."""
     dirs = dict(staged)
     for role, uri in roles.items():
-        if role not in dirs and cache.is_cached(uri):
-            dirs[role] = cache.entry_dir(uri) / FILES_DIR
+        cached = None if role in dirs else cache.cached_files(uri)
+        if cached is not None:
+            dirs[role] = cached
     main = main_role(roles)
     implementation.weights_dirs = dirs
     implementation.weights_manifest = ({"uri": roles[main], "files": records[main]} if main in records

@@ -200,25 +200,18 @@ class FrozenFg(nn.Module):
 
 
 def cached_esm2_path(organism) -> Path:
-    """The ESM-2 table of `organism` from already downloaded UCE model files, else TranscriptFormer's
-    tf_sapiens files; nothing is downloaded here."""
-    from czb_core.models.registry import get_model
-    from czb_core.models.weights import WeightsCache
+    """An ESM-2 gene table of `organism` from a model's weights already in the cache (the first registered
+    model whose default variant holds one: UCE's protein embeddings, TranscriptFormer's gene tables);
+    nothing is downloaded here."""
+    from czb_core.models.registry import discover_models
+    from czb_core.models.variant_weights import VariantWeights
 
-    cache = WeightsCache()
-    uce = get_model("uce").variant(None)
-    uri = uce.weights.get("model_files")
-    entry = (uce.resources.get("species") or {}).get(organism.latin_name)
-    if uri and entry and cache.is_cached(uri):
-        path = cache.entry_dir(uri) / uce.resources["protein_embeddings_dir"] / entry["protein_embeddings"]
-        if path.is_file():
+    for config in discover_models().values():
+        weights = VariantWeights.of(config)
+        dirs = weights.cached_dirs()
+        path = config.load_implementation().esm2_gene_table(weights.variant, dirs, organism) if dirs else None
+        if path is not None:
             return path
-    tf = get_model("transcriptformer").variant(None)
-    uri = tf.weights.get("model")
-    if uri and cache.is_cached(uri):
-        found = sorted(cache.entry_dir(uri).glob(f"**/vocabs/{organism.latin_name}_gene.h5"))
-        if found:
-            return found[0]
     raise InputError(f"no cached ESM-2 gene table for {organism.latin_name}: download the UCE model files "
                      "(czb run --model uce) or TranscriptFormer, or give the file as esm2:PATH")
 

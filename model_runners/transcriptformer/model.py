@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from czb_core.errors import ConfigError
+from czb_core.errors import ConfigError, WeightsError
 from czb_core.models.base import BaseModelImplementation
 from czb_core.models.params import Param, precision_param
 from czb_core.models.registry import MODEL_ROLE
@@ -31,7 +31,14 @@ from czb_core.schema.report import Severity, ValidationReport
 from czb_core.schema.validators import BaseSingleCellValidator
 from czb_core.types import ModelType, Organism
 from model_runners.transcriptformer.cells import TokenizedCells
-from model_runners.transcriptformer.files import UNKNOWN, Checkpoint, load_checkpoint_files
+from model_runners.transcriptformer.files import (
+    GENE_TABLE_SUFFIX,
+    UNKNOWN,
+    VOCABS_DIR,
+    Checkpoint,
+    find_checkpoint_folder,
+    load_checkpoint_files,
+)
 from model_runners.transcriptformer.tokenizer import aux_tokens, gene_tokens, tokenize
 
 LLH_COLUMN = "transcriptformer_llh"
@@ -148,6 +155,18 @@ class Transcriptformer(TranscriptformerValidator, BaseModelImplementation):
     def embeds_cells_apart(self) -> bool:
         """Cells embed apart, but the contextual gene embeddings are gathered over all cells of the run."""
         return not self.args.gene_embeddings
+
+    @classmethod
+    def esm2_gene_table(cls, variant, dirs, organism):
+        """The checkpoint's `vocabs/<species>_gene.h5` (gene id -> ESM-2 vector) for the organism, when cached."""
+        if MODEL_ROLE not in dirs:
+            return None
+        try:
+            folder = find_checkpoint_folder(dirs[MODEL_ROLE])
+        except WeightsError:
+            return None
+        path = folder / VOCABS_DIR / f"{organism.latin_name}{GENE_TABLE_SUFFIX}"
+        return path if path.is_file() else None
 
     def load(self, weights_dir: Path, device: str) -> None:
         from model_runners.transcriptformer.inference import CellEncoder, load_network

@@ -108,6 +108,16 @@ class UCE(UCEValidator, BaseModelImplementation):
         dataset detect them."""
         return not self.args.filter
 
+    @classmethod
+    def esm2_gene_table(cls, variant, dirs, organism):
+        """The organism's protein-embedding file (symbol -> ESM-2 vector) in the cached model files."""
+        if MODEL_FILES not in dirs or organism.latin_name not in variant.resources["species"]:
+            return None
+        try:
+            return files.protein_embedding_path(dirs[MODEL_FILES], variant.resources, organism)
+        except WeightsError:  # model files without this species' table: another model may have one
+            return None
+
     def weights_sources(self) -> dict[str, str]:
         sources = super().weights_sources()
         if MODEL_FILES not in sources:
