@@ -178,19 +178,11 @@ class BaseModelImplementation(ABC):
     def fetch_weights(self, progress: ProgressCallback = no_progress,
                       cancel: Optional[CancelToken] = None) -> dict[str, Path]:
         """Every weights entry on disk (downloaded, or found in the cache), role -> folder."""
-        sources = self.weights_sources()
         pinned = None if self.weights_uri else (self.variant_config.weights_sha256 or None)
-        dirs, manifests = {}, {}
-        for role, uri in sources.items():
-            expected = pinned if uri == self.weights_source() else None
-            dirs[role] = self.weights_cache.fetch(uri, progress=progress, cancel=cancel, expected_sha256=expected)
-            manifests[role] = self.weights_cache.manifest(uri)
+        dirs, manifest = self.weights.fetch(self.weights_sources(), pinned, progress, cancel)
         self.weights_dirs = dirs
-        if manifests:
-            main = self.weights_source()
-            main_role = next(r for r, u in sources.items() if u == main)
-            self.weights_manifest = {**manifests[main_role],
-                                     **{r: m for r, m in manifests.items() if r != main_role}}
+        if manifest is not None:
+            self.weights_manifest = manifest
         return dirs
 
     def cached_weights_dirs(self) -> Optional[dict[str, Path]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from czb_core.models.registry import MODEL_ROLE, ModelConfig, VariantConfig, main_role
+from czb_core.progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:  # the cache module imports boto3: loaded when a cache is made, not when a config is read
     from czb_core.models.weights import WeightsCache
@@ -64,6 +65,22 @@ class VariantWeights:
     def main_uri(self) -> Optional[str]:
         role = self.main_role
         return None if role is None else self.entries[role]
+
+    def fetch(self, sources: dict[str, str], pinned: Optional[dict[str, str]], progress: ProgressCallback,
+              cancel: Optional[CancelToken]) -> tuple[dict[str, Path], Optional[dict]]:
+        """Every entry of `sources` (role -> address: `entries`, or with the model entry given by hand) on disk,
+        downloading what the cache lacks, the main entry checked against the `pinned` sha256 of its files.
+        Returns (role -> folder, the run record's manifest: the main entry's, with each other entry's under
+        its role; None without entries)."""
+        main = main_role(sources)
+        dirs, manifests = {}, {}
+        for role, uri in sources.items():
+            dirs[role] = self.cache.fetch(uri, progress=progress, cancel=cancel,
+                                          expected_sha256=pinned if role == main else None)
+            manifests[role] = self.cache.manifest(uri)
+        if main is None:
+            return dirs, None
+        return dirs, {**manifests[main], **{role: m for role, m in manifests.items() if role != main}}
 
     def cached(self) -> dict[str, bool]:
         """role -> whether the cache holds that entry."""
