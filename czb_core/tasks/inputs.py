@@ -41,6 +41,7 @@ class TaskInputs:
     test_value: object
     n_total: int
     warnings: tuple[str, ...]
+    seed: int  # of the subsample, and of every random step of the tasks
 
     @property
     def n_used(self) -> int:
@@ -143,6 +144,7 @@ def prepare_inputs(
         test_value=test_value,
         n_total=n_total,
         warnings=tuple(warnings),
+        seed=seed,
     )
     _check_task_needs(inputs, label_key, split_key)
     return inputs

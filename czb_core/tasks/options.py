@@ -136,6 +136,16 @@ class MetricOptions:
             batch_key = roles.batch if roles.batch and roles.batch != label_key else NO_BATCH
         return replace(self, label_key=label_key, batch_key=batch_key)
 
+    @classmethod
+    def from_run_kwargs(cls, label_key: str, **task_options) -> "MetricOptions":
+        """The resolved options that `run_kwargs` turns into `label_key` and `task_options` (no batch column:
+        `NO_BATCH`)."""
+        fields = {{"train_value": "train", "test_value": "test"}.get(k, k): v for k, v in task_options.items()}
+        fields["batch_key"] = fields.get("batch_key") or NO_BATCH
+        if fields.get("tasks") is not None:
+            fields["tasks"] = tuple(fields["tasks"])
+        return cls(label_key=label_key, **fields)
+
     def run_kwargs(self) -> dict:
         """Keyword arguments of `run_tasks` / `run_with_baseline` for these (resolved) options."""
         if not self.is_resolved:

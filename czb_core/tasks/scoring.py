@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import resource
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from czb_core.tasks.embedding import embedding_metrics
 from czb_core.tasks.inputs import TaskInputs, check_embedding, prepare_inputs
 from czb_core.tasks.label_prediction import MIN_CLASS_SIZE, fold_scores, kept_classes, label_prediction_metrics
 from czb_core.tasks.neighbors import CLUSTERING_K, ENTROPY_K, KnnGraph, compute_knn
-from czb_core.tasks.options import NO_BATCH, MetricOptions
+from czb_core.tasks.options import MetricOptions
 from czb_core.tasks.results import TaskResult, results_table, to_czbenchmarks_json
 
 TASK_DISPLAY = {
@@ -104,13 +104,13 @@ def _peak_rss_mb() -> float:
 def run_prepared(
     emb_nd: np.ndarray,
     inputs: TaskInputs,
-    seed: int = 42,
     progress: Optional[ProgressCallback] = None,
     model: Optional[dict] = None,
     dataset: Optional[dict] = None,
 ) -> list[TaskResult]:
     """Run `inputs.tasks` on one embedding whose rows are obs's cells (all of them, not the subsample)."""
     progress = progress or no_progress
+    seed = inputs.seed
     emb_nd = check_embedding(emb_nd, inputs.n_total)[inputs.rows_n]
     k = ENTROPY_K if "batch_integration" in inputs.tasks else CLUSTERING_K
 
@@ -149,23 +149,16 @@ def run_tasks(
     emb_nd: np.ndarray,
     obs: pd.DataFrame,
     label_key: str,
-    batch_key: Optional[str] = None,
-    split_key: Optional[str] = None,
-    train_value=None,
-    test_value=None,
-    tasks: Optional[Sequence[str]] = None,
-    seed: int = 42,
-    max_cells: Optional[int] = None,
+    *,
     progress: Optional[ProgressCallback] = None,
     model: Optional[dict] = None,
     dataset: Optional[dict] = None,
+    **task_options,
 ) -> list[TaskResult]:
-    """Score one embedding. Above `max_cells` (default `Settings.metrics_max_cells`) the metrics use a
-    seeded stratified subsample; pass a cap at least the number of cells to score every cell."""
-    inputs = prepare_inputs(
-        obs, label_key, batch_key, split_key, train_value, test_value, tasks, seed, max_cells
-    )
-    return run_prepared(emb_nd, inputs, seed, progress, model, dataset)
+    """Score one embedding. `task_options` are `prepare_inputs`' (batch_key, split_key, train_value,
+    test_value, tasks, seed, max_cells). Above `max_cells` (default `Settings.metrics_max_cells`) the
+    metrics use a seeded stratified subsample; pass a cap at least the number of cells to score every cell."""
+    return run_prepared(emb_nd, prepare_inputs(obs, label_key, **task_options), progress, model, dataset)
 
 
 def cached_baseline_results(
@@ -197,7 +190,7 @@ def cached_baseline_results(
         ]
     inputs = prepare_inputs(obs, **options.run_kwargs())
     emb_nd = baseline() if callable(baseline) else baseline
-    results = run_prepared(emb_nd, inputs, options.seed, progress, baseline_model, dataset)
+    results = run_prepared(emb_nd, inputs, progress, baseline_model, dataset)
     store_baseline_results(dataset_sha256, options, obs, results)
     return results
 
@@ -207,28 +200,22 @@ def run_with_baseline(
     baseline_emb_nd: BaselineSource,
     obs: pd.DataFrame,
     label_key: str,
-    batch_key: Optional[str] = None,
-    split_key: Optional[str] = None,
-    train_value=None,
-    test_value=None,
-    tasks: Optional[Sequence[str]] = None,
-    seed: int = 42,
-    max_cells: Optional[int] = None,
+    *,
     progress: Optional[ProgressCallback] = None,
     model: Optional[dict] = None,
     baseline_model: Optional[dict] = None,
     dataset: Optional[dict] = None,
     dataset_sha256: Optional[str] = None,
+    **task_options,
 ) -> tuple[list[TaskResult], list[TaskResult], pd.DataFrame]:
-    """Model and baseline scored on the same checked cells: (model results, baseline results, table).
+    """Model and baseline scored on the same checked cells: (model results, baseline results, table);
+    `task_options` as `run_tasks`'.
 
     With `dataset_sha256` the baseline's results come from the baseline-metrics cache
     (`baseline_metrics.py`) when these options were scored before, and are stored there otherwise;
     `baseline_emb_nd` may then be a function returning the embedding, called only on a cache miss.
     """
-    inputs = prepare_inputs(
-        obs, label_key, batch_key, split_key, train_value, test_value, tasks, seed, max_cells
-    )
+    inputs = prepare_inputs(obs, label_key, **task_options)
     baseline_model = baseline_model or BASELINE_DESCRIPTION
 
     def checked_baseline() -> np.ndarray:
@@ -239,14 +226,11 @@ def run_with_baseline(
         checked_baseline()  # a wrong shape stops the run before the model is scored
     if dataset_sha256 is None:
         baseline_nd = checked_baseline()
-        model_results = run_prepared(emb_nd, inputs, seed, progress, model, dataset)
-        baseline_results = run_prepared(baseline_nd, inputs, seed, progress, baseline_model, dataset)
+        model_results = run_prepared(emb_nd, inputs, progress, model, dataset)
+        baseline_results = run_prepared(baseline_nd, inputs, progress, baseline_model, dataset)
     else:
-        options = MetricOptions(
-            label_key=label_key, batch_key=batch_key or NO_BATCH, split_key=split_key, train=train_value,
-            test=test_value, tasks=None if tasks is None else tuple(tasks), seed=seed, max_cells=max_cells,
-        )
-        model_results = run_prepared(emb_nd, inputs, seed, progress, model, dataset)
+        options = MetricOptions.from_run_kwargs(label_key, **task_options)
+        model_results = run_prepared(emb_nd, inputs, progress, model, dataset)
         if baseline_emb_nd is emb_nd:  # the run is the baseline (a default PCA run): its results are the baseline's
             baseline_results = [dataclasses.replace(r, model=dict(baseline_model)) for r in model_results]
             store_baseline_results(dataset_sha256, options, obs, baseline_results)
