@@ -214,7 +214,9 @@ def test_killed_workers_are_replaced_and_their_shards_retried(ray_cluster, count
                          progress=on_shards_report(2, kill_every_worker))
     np.testing.assert_array_equal(sharded.emb_nd, streamed_pca)
     sharding = sharded.record["sharding"]
-    assert max(s["attempts"] for s in sharding["shards"]) == 2
+    # at least one retry; a replacement that took a retried shard before the kill ends may be killed too, and
+    # how many attempts that costs depends on the machine's timing, not on the sharding
+    assert max(s["attempts"] for s in sharding["shards"]) >= 2
     assert any("ActorDiedError" in failure for failure in sharding["failures"])
     ran = {(s["hostname"], s["pid"]) for s in sharding["shards"]}
     assert len(sharding["nodes"]) >= 3 and ran <= {(n["hostname"], n["pid"]) for n in sharding["nodes"]}
