@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from czb_core.config import get_settings
@@ -16,6 +15,7 @@ from czb_core.schema.data_manager import DataManager, detect_organism_of
 from czb_core.service.history import dataset_shape, version_tree
 from czb_core.service.retention import expires_at
 from czb_core.tasks.column_roles import suggest_columns
+from czb_core.viz.charts import qc_histogram
 from czb_core.viz.qc import per_cell_qc
 from pages.common import (
     current_dataset,
@@ -193,8 +193,8 @@ except CzbError as exc:
     st.error(str(exc))
     st.stop()
 q1, q2 = st.columns(2)
-q1.plotly_chart(px.histogram(qc, x="total_counts", nbins=60, title="Counts per cell"), width="stretch")
-q2.plotly_chart(px.histogram(qc, x="n_genes", nbins=60, title="Genes per cell"), width="stretch")
+q1.plotly_chart(qc_histogram(qc, "total_counts", "Counts per cell"), width="stretch")
+q2.plotly_chart(qc_histogram(qc, "n_genes", "Genes per cell"), width="stretch")
 st.caption(f"Median {qc['total_counts'].median():,.0f} counts and {qc['n_genes'].median():,.0f} genes per cell; "
            f"{int((qc['total_counts'] == 0).sum()):,} empty cells.")
 st.page_link("pages/validate.py", label="Next: check which models fit", icon="✅")

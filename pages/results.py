@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from czb_core.errors import CzbError, InputError
@@ -27,6 +26,7 @@ from czb_core.tasks.scoreboard import (
     run_label,
     scoreboard,
 )
+from czb_core.viz.charts import confusion_heatmap
 from czb_core.viz.plots import (
     AUTO,
     CATEGORICAL,
@@ -218,9 +218,7 @@ def per_class_section(job_id: str, options: dict) -> None:
     c1, c2 = st.columns([1, 2])
     c1.dataframe(report.per_class, width="stretch", column_config={
         "accuracy": st.column_config.ProgressColumn("Accuracy", format="%.3f", min_value=0, max_value=1)})
-    c2.plotly_chart(px.imshow(report.confusion, text_auto=True, color_continuous_scale="Blues",
-                              labels=dict(x="predicted", y="true", color="cells")),
-                    width="stretch", key=f"cm_lp_{job_id}")
+    c2.plotly_chart(confusion_heatmap(report.confusion), width="stretch", key=f"cm_lp_{job_id}")
 
 
 tabs = st.tabs([labels[j] for j in chosen] + (["Comparison"] if len(chosen) > 1 else []))
@@ -246,9 +244,8 @@ for tab, job_id in zip(tabs, chosen):
         if confusion:
             classifier = st.selectbox("Confusion matrix of", list(confusion), key=f"cm_{job_id}")
             cm = confusion[classifier]
-            st.plotly_chart(px.imshow(np.array(cm["matrix"]), x=cm["classes"], y=cm["classes"], text_auto=True,
-                                      labels=dict(x="predicted", y="true", color="cells"),
-                                      title=f"{options.get('train')} -> {options.get('test')}, {classifier}"),
+            st.plotly_chart(confusion_heatmap(cm["matrix"], cm["classes"],
+                                              title=f"{options.get('train')} -> {options.get('test')}, {classifier}"),
                             width="stretch", key=f"cm_plot_{job_id}")
         c1, c2 = st.columns(2)
         c1.download_button("Metrics (CSV)", table.to_csv(index=False), f"{stems[job_id]}.metrics.csv", "text/csv",

@@ -11,7 +11,6 @@ tokenizer over seeds, the best run's confusion matrix, the learning curves, CSV 
 from datetime import datetime, timezone
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from czb_core.errors import CzbError
@@ -34,6 +33,7 @@ from czb_core.tokenizer_lab.lab import LabSplit, split_problems
 from czb_core.tokenizer_lab.model import ModelShape
 from czb_core.tokenizer_lab.presets import FC_CHOICES, PRESETS, compose
 from czb_core.tokenizer_lab.train import TrainConfig
+from czb_core.viz.charts import confusion_heatmap, lab_metric_bars, learning_curves
 from pages.common import current_user, dataset_header, job_manager, recall, remember, require_dataset, scope
 
 POLL_S = 3
@@ -179,10 +179,7 @@ stem = run_file_stem(record.name, LAB_MODEL, "experiment", chosen)
 
 summary = result.summary()
 st.dataframe(summary.style.format(precision=4), hide_index=True, width="stretch", key="lab_summary")
-figure = px.bar(melt_summary(summary), x="tokenizer", y="mean", error_y="std", color="metric", barmode="group",
-                hover_data=["seeds"], labels={"mean": "mean over seeds (error bar: standard deviation)"},
-                title="Test accuracy and MCC per tokenizer")
-st.plotly_chart(figure, width="stretch", key="lab_metrics")
+st.plotly_chart(lab_metric_bars(melt_summary(summary)), width="stretch", key="lab_metrics")
 
 best = result.best_run()
 left, right = st.columns(2)
@@ -190,15 +187,11 @@ with left:
     st.markdown(f"**Confusion matrix of the best run**: {best.tokenizer}, seed {best.seed} "
                 f"(test MCC {best.test_mcc:.3f}, accuracy {best.test_accuracy:.3f})")
     confusion = result.best_confusion()
-    st.plotly_chart(px.imshow(confusion, text_auto=True, color_continuous_scale="Blues",
-                              labels={"x": "predicted", "y": "true", "color": "test cells"}),
-                    width="stretch", key="lab_confusion")
+    st.plotly_chart(confusion_heatmap(confusion, cells="test cells"), width="stretch", key="lab_confusion")
 with right:
     curve = st.radio("Learning curves", list(CURVES), format_func=CURVES.get, horizontal=True)
     curves = result.curves()
-    st.plotly_chart(px.line(curves, x="epoch", y=curve, color="tokenizer", line_group="seed", markers=True,
-                            hover_data=["seed"], labels={curve: CURVES[curve]}),
-                    width="stretch", key="lab_curves")
+    st.plotly_chart(learning_curves(curves, curve, CURVES[curve]), width="stretch", key="lab_curves")
 
 d1, d2, d3, d4 = st.columns(4)
 d1.download_button("Summary (CSV)", summary.to_csv(index=False), f"{stem}.summary.csv", "text/csv")
