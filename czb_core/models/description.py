@@ -39,16 +39,19 @@ class ModelDescription:
     scaling: Scaling  # with the default parameters (a parameter may make a run use all cells at once)
 
 
-_DESCRIPTIONS: dict[tuple[str, str], ModelDescription] = {}  # read once per (config, variant)
+# (id of the config, variant) -> (that config, its description). Keeping the config keeps its id from being
+# reused by another, so a test's config of the same name is never mistaken for the registry's.
+_DESCRIPTIONS: dict[tuple[int, str], tuple[ModelConfig, ModelDescription]] = {}
 
 
 def describe(config: ModelConfig, variant: Optional[str] = None) -> ModelDescription:
-    """The description of `variant` (default: the model's default variant), checked against config.yaml."""
+    """The description of `variant` (default: the model's default variant), checked against config.yaml;
+    read once per config and variant (the pages ask it for every job they list)."""
     name = config.variant(variant).name
-    key = (repr(config), name)  # the whole config: a test's config of the same name is another model
+    key = (id(config), name)
     if key not in _DESCRIPTIONS:
-        _DESCRIPTIONS[key] = _describe(config, name)
-    return _DESCRIPTIONS[key]
+        _DESCRIPTIONS[key] = (config, _describe(config, name))
+    return _DESCRIPTIONS[key][1]
 
 
 def _describe(config: ModelConfig, variant: str) -> ModelDescription:

@@ -93,10 +93,6 @@ class WeightsEntry:
 # ----------------------------------------------------------------------------- which entries a variant has
 
 
-def _label(config: ModelConfig, variant: str) -> str:
-    return f"{config.display_name} / {variant}"
-
-
 # ----------------------------------------------------------------------------- listing
 
 
@@ -189,13 +185,13 @@ def fetch_weights(
     """Download every entry of the variant that is not cached yet (role -> folder), exactly as a run would:
     same cache, same pinned checksums. `progress` gets ("download weights", bytes done, bytes total) per entry."""
     config = get_model(model)
-    chosen = config.variant(variant)
-    if not chosen.weights and chosen.weights_from:
-        raise WeightsError(f"{_label(config, chosen.name)} has no download: get the weights from "
-                           f"{chosen.weights_from} and import them (the Weights page, or `czb weights import`)")
-    if not chosen.weights:
-        raise ConfigError(f"{_label(config, chosen.name)} uses no weights; there is nothing to download")
-    return _implementation(config, chosen.name, cache or WeightsCache()).fetch_weights(progress, cancel)
+    weights = VariantWeights.of(config, variant, cache)
+    if not weights.has_download and weights.entries:
+        raise WeightsError(f"{weights.label} has no download: get the weights from {weights.variant.weights_from} "
+                           "and import them (the Weights page, or `czb weights import`)")
+    if not weights.entries:
+        raise ConfigError(f"{weights.label} uses no weights; there is nothing to download")
+    return _implementation(config, weights.variant.name, weights.cache).fetch_weights(progress, cancel)
 
 
 def verify_weights(model: str, variant: Optional[str] = None,
@@ -234,7 +230,7 @@ def import_weights(
     config = get_model(model)
     cache = cache or WeightsCache()
     implementation = _implementation(config, variant, cache)
-    label = _label(config, implementation.variant)
+    label = implementation.weights.label
     roles = implementation.weights.entries
     if not roles:
         raise ConfigError(f"{label} uses no weights; there is nothing to import")
